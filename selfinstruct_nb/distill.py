@@ -63,10 +63,10 @@ def pick_system_message(collection: str, r: random.Random,
 
 # %% ../nbs/20_distill.ipynb #c6d69458
 _OPTION_HEADER = re.compile(
-    r"(?im)(?:^|\n)\s*-?\s*(?:options|choices|answer choices|possible answers|answer options)\s*:"
+    r"(?i)\b(?:(?:answer|available|possible)\s+)?(?:options|choices)\s*:|\bpossible answers\s*:|\bopt\s*:"
     r"|\b(?:choose|pick|select)\b[^.?!\n]{0,40}\bfrom\b[^\n]{0,40}:")
 _PAREN_LABEL = re.compile(r"\(([A-Ha-h])\)\s*\S")
-_LINE_LABEL = re.compile(r"(?m)^\s*([A-Ha-h])\s*[).:]\s+\S")
+_LINE_LABEL = re.compile(r"(?m)^\s*([A-Ha-h])\s*[).:]+\s+\S")
 
 def is_multiple_choice(query: dict) -> bool:
     "Does the query offer answer options? Its `multiple_choice` flag if it has one, else the options header / lettered options rule."

@@ -45,6 +45,8 @@ def test_messages_8_and_10_only_for_multiple_choice_queries():
     ("Which is larger?\n(A) the sun (B) the moon", None, True),
     ("Pick the right word.\nA) cat\nB) dog", None, True),
     ("Choose your answer from:\n- red\n- blue", None, True),
+    ("Does the premise entail it? Available choices: yes; no", None, True),
+    ("Describe your options for saving money.", None, False),               # the word alone is not a header
     ("List the steps:\n1. wash\n2. dry", None, False),
     ("Translate to French: A. B. Smith met C. Jones.", None, False),          # initials are not options
     ("Who wrote Hamlet?", None, False),
