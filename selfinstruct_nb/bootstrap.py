@@ -19,7 +19,7 @@ from .core import (Task, Generation, JsonlAppender, read_jsonl, write_jsonl, wri
                                   rng, atomic_write)
 from .prompts import (instruction_gen_prompt, instruction_gen_stop, request_fields, one_line,
                                      INSTRUCTION_GEN_PARAMS)
-from .filters import InstructionPool
+from .filters import InstructionPool, SELF_INSTRUCT_KEYWORDS
 from .llm import LLMRequest
 
 # %% auto #0
@@ -91,9 +91,11 @@ def _as_generation(g) -> Generation|None:
     "An `LLMResult.generation` (a `Generation`, or a dict from a journal) as a `Generation`."
     return Generation.from_dict(g) if isinstance(g, dict) else g
 
-def _bootstrap_config(seed, style, chat, params, n_total, n_machine, threshold, requests_per_round):
-    return dict(seed=seed, style=style, chat=chat, params=params, n_total=n_total, n_machine=n_machine,
-                threshold=threshold, requests_per_round=requests_per_round)
+def _bootstrap_config(seed, style, chat, params, n_total, n_machine, threshold, requests_per_round, keywords=SELF_INSTRUCT_KEYWORDS):
+    cfg = dict(seed=seed, style=style, chat=chat, params=params, n_total=n_total, n_machine=n_machine,
+               threshold=threshold, requests_per_round=requests_per_round)
+    if tuple(keywords) != SELF_INSTRUCT_KEYWORDS: cfg["keywords"] = list(keywords)  # runs with the default list resume as before
+    return cfg
 
 # %% ../nbs/12_bootstrap.ipynb #688e64db
 def bootstrap(client,                           # an `llm.LLMClient` (its backend is the teacher)
@@ -110,13 +112,14 @@ def bootstrap(client,                           # an `llm.LLMClient` (its backen
               n_total: int = 8,                 # in-context instructions per prompt
               n_machine: int = 2,               # of them machine-made
               threshold: float = 0.7,           # ROUGE-L threshold of the pool filter
+              keywords: Sequence[str] = SELF_INSTRUCT_KEYWORDS, # blocked words of the static filter (`filters.keyword_list`)
               progress: bool = True,            # show a progress bar of the pool size
              ) -> dict:
     "Grow the machine instruction pool to `num_instructions`, journaled and resumable; returns the summary."
     out = resolve(out_dir); out.mkdir(parents=True, exist_ok=True)
     params = {**INSTRUCTION_GEN_PARAMS, **(params or {})}
     params.setdefault("stop", instruction_gen_stop(style, chat=chat, last=n_total + 8))
-    config = _bootstrap_config(seed, style, chat, params, n_total, n_machine, threshold, requests_per_round)
+    config = _bootstrap_config(seed, style, chat, params, n_total, n_machine, threshold, requests_per_round, keywords)
     cfg_path, rounds_path = out/"config.json", out/"rounds.jsonl"
     if rounds_path.exists() and cfg_path.exists():
         old = json.loads(cfg_path.read_text())
@@ -130,7 +133,7 @@ def bootstrap(client,                           # an `llm.LLMClient` (its backen
     machine: list[Task] = [Task.from_dict(t) for r in rounds for t in r["kept"]]
     write_jsonl(out/"candidates.jsonl", [c for r in rounds for c in r["candidates"]])   # drop a half-written step
     write_jsonl(out/"machine_instructions.jsonl", machine)
-    pool = InstructionPool(seed_instr + [t.instruction for t in machine], threshold=threshold)
+    pool = InstructionPool(seed_instr + [t.instruction for t in machine], threshold=threshold, keywords=keywords)
     step = len(rounds)
     stall = 0
     for r in reversed(rounds):

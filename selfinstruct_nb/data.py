@@ -16,13 +16,14 @@ import datasets
 from .core import Task, read_jsonl, resolve, sha256_file, atomic_write, RecordError, project_root
 
 # %% auto #0
-__all__ = ['REGISTRY', 'PREDICTION_MODELS', 'UNNATURAL_BUCKETS', 'VICUNA_ANSWER_MODELS', 'BBH_TASKS', 'AGIEVAL_EN_TASKS',
-           'ALPACA_FILES', 'DataFile', 'registry_from_manifest', 'write_registry', 'read_registry', 'DataError',
-           'git_blob_sha1', 'data_sources', 'fetch', 'seed_tasks', 'user_oriented_tasks', 'load_seed_tasks',
-           'load_user_oriented', 'load_predictions', 'load_cmp_scores', 'load_unnatural_eval_results',
-           'load_vicuna_questions', 'load_vicuna_answers', 'vicuna_review_files', 'load_vicuna_reviews',
-           'load_reviewer_prompts', 'load_judge_prompts', 'load_mt_bench_questions', 'load_bbh', 'bbh_cot_prompt',
-           'load_agieval', 'load_alpaca', 'present_files']
+__all__ = ['REGISTRY', 'PREDICTION_MODELS', 'UNNATURAL_BUCKETS', 'UNNATURAL_CORE', 'UNNATURAL_CORE_TRIPLETS', 'UNNATURAL_GPT4',
+           'VICUNA_ANSWER_MODELS', 'BBH_TASKS', 'AGIEVAL_EN_TASKS', 'ALPACA_FILES', 'DataFile',
+           'registry_from_manifest', 'write_registry', 'read_registry', 'DataError', 'git_blob_sha1', 'data_sources',
+           'fetch', 'seed_tasks', 'user_oriented_tasks', 'load_seed_tasks', 'load_user_oriented', 'load_predictions',
+           'load_cmp_scores', 'load_unnatural_eval_results', 'read_unnatural_zip', 'load_unnatural_core',
+           'load_unnatural_gpt4', 'load_vicuna_questions', 'load_vicuna_answers', 'vicuna_review_files',
+           'load_vicuna_reviews', 'load_reviewer_prompts', 'load_judge_prompts', 'load_mt_bench_questions', 'load_bbh',
+           'bbh_cot_prompt', 'load_agieval', 'load_alpaca', 'present_files']
 
 # %% ../nbs/01_data.ipynb #6becbbf8
 @dataclass(frozen=True)
@@ -167,6 +168,61 @@ def load_unnatural_eval_results() -> list[dict]:
         rel = f"gpt-4-llm/plots/data/eval_unnatural_instructions/gpt4_unnatural_instruction_results_h9000_{key}.json"
         for r in json.loads(fetch(rel).read_text()): rows.append({"bucket": bucket, **r})
     return rows
+
+# %% ../nbs/01_data.ipynb #3a4f1431
+UNNATURAL_CORE = "unnatural-instructions/data/core_data.zip"
+UNNATURAL_CORE_TRIPLETS = 68_478  # orhonovich/unnatural-instructions README: "68,478 instruction-input-output triplets"
+UNNATURAL_GPT4 = "gpt-4-llm/data/unnatural_instruction_gpt4_data.json"
+
+def read_unnatural_zip(path: str|os.PathLike) -> list[dict]:
+    "Rows of an Unnatural Instructions zip (one `.jsonl` inside), one per instance: `task_index, instance_index, instruction, input, instruction_with_input, constraints, output`."
+    import zipfile
+    path = resolve(path)
+    if not path.exists(): raise DataError(f"{path}: file not found")
+    try: z = zipfile.ZipFile(path)
+    except zipfile.BadZipFile: raise DataError(f"{path}: not a zip file") from None
+    with z:
+        names = [n for n in z.namelist() if n.endswith(".jsonl") and not n.startswith("__MACOSX/")]
+        if len(names) != 1: raise DataError(f"{path}: expected one .jsonl file inside, found {', '.join(names) or 'none'}")
+        where, rows, n_task = f"{path}!{names[0]}", [], -1
+        with z.open(names[0]) as f:
+            for i, line in enumerate(io.TextIOWrapper(f, encoding="utf-8"), 1):
+                if not line.strip(): continue
+                try: d = json.loads(line)
+                except json.JSONDecodeError as e: raise RecordError(where, i, None, f"invalid JSON ({e.msg})") from None
+                if not isinstance(d, dict) or not isinstance(d.get("instruction"), str): raise RecordError(where, i, "instruction", "missing or not a string")
+                n_task += 1
+                insts = d.get("instances")
+                if not isinstance(insts, list) or not insts: raise RecordError(where, i, "instances", "missing or empty")
+                for j, x in enumerate(insts):
+                    if not isinstance(x, dict): raise RecordError(where, i, f"instances[{j}]", "not an object")
+                    for k in ("input", "output"):
+                        if not isinstance(x.get(k), str): raise RecordError(where, i, f"instances[{j}].{k}", "missing or not a string")
+                    rows.append({"task_index": n_task,
+                                 "instance_index": j, "instruction": d["instruction"], "input": x["input"],
+                                 "instruction_with_input": str(x.get("instruction_with_input") or ""),
+                                 "constraints": str(x.get("constraints") or ""), "output": x["output"]})
+    return rows
+
+def load_unnatural_core(path: str|os.PathLike|None = None, # a zip in the release's layout (None: the registered `core_data.zip`)
+                        download: bool = True,              # fetch the registered zip if it is not local
+                       ) -> datasets.Dataset:
+    "Unnatural Instructions' core data, one row per instance (see `read_unnatural_zip`); the release is checked against its README count."
+    src = fetch(UNNATURAL_CORE, download=download) if path is None else path
+    rows = read_unnatural_zip(src)
+    if path is None and len(rows) != UNNATURAL_CORE_TRIPLETS:
+        raise DataError(f"{src}: {len(rows)} instances, the release's README says {UNNATURAL_CORE_TRIPLETS}")
+    return _as_dataset(rows)
+
+def load_unnatural_gpt4(download: bool = True) -> list[dict]:
+    "GPT-4-LLM's GPT-4 answers to Unnatural Instructions, as `{instruction, input, output}` records."
+    path = fetch(UNNATURAL_GPT4, download=download)
+    recs = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(recs, list): raise RecordError(path, None, None, f"expected a JSON list, got {type(recs).__name__}")
+    for i, r in enumerate(recs):
+        for k in ("instruction", "output"):
+            if not isinstance(r.get(k) if isinstance(r, dict) else None, str): raise RecordError(path, None, f"[{i}].{k}", "missing or not a string")
+    return [{"instruction": r["instruction"], "input": str(r.get("input") or ""), "output": r["output"]} for r in recs]
 
 # %% ../nbs/01_data.ipynb #ce678fe1
 _FC = "fastchat/fastchat/eval/table"

@@ -8,6 +8,7 @@ Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/eval_rouge.html.md"""
 # %% ../nbs/40_eval_rouge.ipynb #b556b693
 from __future__ import annotations
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -20,9 +21,10 @@ from .data import (PREDICTION_MODELS, fetch, load_predictions, load_unnatural_ev
 from .rouge import RougeL
 
 # %% auto #0
-__all__ = ['LENGTH_BUCKETS', 'BUCKET_ORDER', 'RELEASED_MODEL_LABELS', 'word_count', 'length_bucket', 'EvalItem',
-           'user_oriented_items', 'released_answers', 'read_answers', 'score_answers', 'bucket_table', 'wide_table',
-           'released_bucket_table', 'plot_bucket_table', 'user_oriented_table']
+__all__ = ['LENGTH_BUCKETS', 'BUCKET_ORDER', 'RELEASED_MODEL_LABELS', 'UNNATURAL_EVAL_SIZE', 'word_count', 'length_bucket',
+           'EvalItem', 'user_oriented_items', 'released_answers', 'read_answers', 'score_answers', 'bucket_table',
+           'wide_table', 'released_bucket_table', 'unnatural_items', 'released_bucket_counts', 'check_bucket_counts',
+           'join_answers', 'unnatural_table', 'plot_bucket_table', 'user_oriented_table']
 
 # %% ../nbs/40_eval_rouge.ipynb #1c95585e
 LENGTH_BUCKETS: tuple = (("0-2", 0, 2), ("3-5", 3, 5), ("6-10", 6, 10), (">10", 11, None))  # (name, min, max) words, inclusive
@@ -142,6 +144,50 @@ def released_bucket_table(rows: list[dict]|None = None, # `load_unnatural_eval_r
     t = t.sort_values(["model", "bucket"]).reset_index(drop=True)
     t["model"], t["bucket"] = t["model"].astype(str), t["bucket"].astype(str)
     return t
+
+# %% ../nbs/40_eval_rouge.ipynb #b6188ee2
+UNNATURAL_EVAL_SIZE = 9000  # GPT-4-LLM's evaluation set ("h9000" in its result files)
+
+def unnatural_items(rows: Iterable[dict],         # `data.load_unnatural_core()` rows, in file order
+                    n: int = UNNATURAL_EVAL_SIZE, # how many (the first n instances)
+                   ) -> list[EvalItem]:
+    "The evaluation items: the first `n` core instances with their gold outputs, ids `unnatural_<task>_<instance>`."
+    rows = list(rows)
+    if len(rows) < n: raise ValueError(f"the core data has {len(rows)} instances, fewer than the {n} asked for")
+    return [EvalItem(f"unnatural_{r['task_index']}_{r['instance_index']}", r["instruction"], r["input"], r["output"]) for r in rows[:n]]
+
+def released_bucket_counts(rows: list[dict]|None = None) -> dict[str, int]:
+    "Items per gold-length bucket (and `all`) in GPT-4-LLM's released result files; the models must agree."
+    t = released_bucket_table(rows)
+    n = t.groupby("bucket")["n"].agg(["min", "max"])
+    if (n["min"] != n["max"]).any(): raise ValueError(f"the released files disagree on the bucket counts: {n.to_dict()}")
+    return {b: int(n.loc[b, "min"]) for b in BUCKET_ORDER if b in n.index}
+
+def check_bucket_counts(items: list[EvalItem], released: dict[str, int]|None = None) -> pd.DataFrame:
+    "The items per gold-length bucket beside the released counts: `bucket, n, released, match`."
+    released = released_bucket_counts() if released is None else released
+    counts = Counter(it.bucket for it in items)
+    counts["all"] = len(items)
+    return pd.DataFrame([{"bucket": b, "n": counts.get(b, 0), "released": released.get(b),
+                          "match": counts.get(b, 0) == released.get(b)} for b in BUCKET_ORDER])
+
+def join_answers(items: list[EvalItem], records: Iterable[dict], # `{instruction, input, output}` answer records
+                 model: str = "GPT4") -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+    "`{model: {item id: answer}}` for items whose (instruction, input) a record has, and counts `joined, missing, ambiguous`."
+    by_key: dict[tuple, set] = {}
+    for r in records: by_key.setdefault((r["instruction"].strip(), (r.get("input") or "").strip()), set()).add(r["output"])
+    out, counts = {}, {"joined": 0, "missing": 0, "ambiguous": 0}
+    for it in items:
+        found = by_key.get((it.instruction.strip(), it.input.strip()))
+        if not found: counts["missing"] += 1
+        elif len(found) > 1: counts["ambiguous"] += 1
+        else: counts["joined"] += 1; out[it.id] = next(iter(found))
+    return {model: out}, counts
+
+def unnatural_table(items: list[EvalItem], answers: dict[str, dict[str, str]], use_stemmer: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Scores and the per-bucket table of any models' answers on the Unnatural Instructions items."
+    scores = score_answers(items, answers, use_stemmer=use_stemmer)
+    return scores, bucket_table(scores)
 
 # %% ../nbs/40_eval_rouge.ipynb #665f6090
 def plot_bucket_table(table: pd.DataFrame,      # long table `model, bucket, n, rougeL`

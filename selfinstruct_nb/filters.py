@@ -16,10 +16,11 @@ from . import core
 from .rouge import RougeL, RougePool
 
 # %% auto #0
-__all__ = ['REASONS', 'SELF_INSTRUCT_KEYWORDS', 'ALPACA_KEYWORDS', 'rule_length', 'rule_keyword', 'rule_write_a_program',
-           'rule_first_char', 'instruction_rejection', 'InstructionPool', 'rule_empty_output', 'rule_same_as_input',
-           'rule_incomplete', 'rule_too_long', 'instance_rejection', 'conflicting_inputs', 'filter_instances',
-           'filter_tasks', 'funnel_table', 'plot_funnel', 'candidate_record', 'generation_record', 'filter_stage']
+__all__ = ['REASONS', 'SELF_INSTRUCT_KEYWORDS', 'ALPACA_KEYWORDS', 'KEYWORD_LISTS', 'rule_length', 'rule_keyword', 'keyword_list',
+           'rule_write_a_program', 'rule_first_char', 'instruction_rejection', 'InstructionPool', 'rule_empty_output',
+           'rule_same_as_input', 'rule_incomplete', 'rule_too_long', 'instance_rejection', 'conflicting_inputs',
+           'filter_instances', 'filter_tasks', 'funnel_table', 'plot_funnel', 'candidate_record', 'generation_record',
+           'filter_stage']
 
 # %% ../nbs/15_filters.ipynb #f2b60b1a
 REASONS = {
@@ -76,6 +77,14 @@ def _keyword_re(keywords: Sequence[str]) -> re.Pattern:
 def rule_keyword(instruction: str, keywords: Sequence[str] = SELF_INSTRUCT_KEYWORDS) -> str|None:
     "`keyword` if a blocked word appears as a whole word (whitespace normalized first, as in the reference)."
     return "keyword" if keywords and _keyword_re(keywords).search(_norm(instruction)) else None
+
+# %% ../nbs/15_filters.ipynb #bc80f859
+KEYWORD_LISTS: dict[str, tuple] = {"paper": SELF_INSTRUCT_KEYWORDS, "alpaca": ALPACA_KEYWORDS}
+
+def keyword_list(name: str) -> tuple:
+    "The blocked-word list called `name` (`paper`: Self-Instruct's released list, `alpaca`: Alpaca's longer one)."
+    if name not in KEYWORD_LISTS: raise ValueError(f"keyword_list must be one of {', '.join(KEYWORD_LISTS)}, got {name!r}")
+    return KEYWORD_LISTS[name]
 
 # %% ../nbs/15_filters.ipynb #96832123
 def rule_write_a_program(instruction: str) -> str|None:
@@ -316,6 +325,7 @@ def filter_stage(run_dir: str|Path,            # the run folder
                  max_input_words: int|None = 300,  # input word limit
                  conflict_drops_task: bool = True, # reference behaviour
                  max_instances: int|None = None,   # per-task cap (None: keep all; `14_finetune_data` samples 5)
+                 keywords: Sequence[str]|None = None, # re-check the kept instructions against these blocked words (None: keep the bootstrap's decisions)
                  ) -> dict:
     "The `13_filter` stage: read `10_bootstrap` and `12_instances` outputs, write `13_filter/` files and figures; returns the metrics."
     run = core.resolve(run_dir); out = run/"13_filter"
@@ -331,14 +341,21 @@ def filter_stage(run_dir: str|Path,            # the run folder
 
     # instructions: the bootstrap's candidates (rows without an instruction are requests that gave none)
     instr = [c for c in cands if c.get("instruction") is not None]
+    newly_blocked = set()
+    for c in instr if keywords else []:
+        if c["kept"] and rule_keyword(c["instruction"], keywords):
+            c["kept"], c["reason"] = False, "keyword"; newly_blocked.add(_norm(c["instruction"]))
+    def blocked(g) -> bool:
+        t = by_id.get(str(g["task_id"]))
+        return bool(newly_blocked) and _norm(t.instruction if t else g.get("instruction") or "") in newly_blocked
     instr_table = funnel_table(instr, "instructions")
     # tasks and instances
-    kept_tasks, drops = filter_tasks([by_id[str(g["task_id"])] for g in gens if g["status"] == "ok"], seed=seed,
+    kept_tasks, drops = filter_tasks([by_id[str(g["task_id"])] for g in gens if g["status"] == "ok" and not blocked(g)], seed=seed,
                                      max_output_words=max_output_words, max_input_words=max_input_words,
                                      conflict_drops_task=conflict_drops_task, max_instances=max_instances)
     kept_ids = {t.id for t in kept_tasks}
     task_recs = [{"kept": str(g["task_id"]) in kept_ids,
-                  "reason": None if str(g["task_id"]) in kept_ids else
+                  "reason": None if str(g["task_id"]) in kept_ids else "keyword" if blocked(g) else
                             {"failed": "generation_failed", "no_instances": "unparsed_instances"}.get(g["status"], "no_instances")}
                  for g in gens]
     task_table = funnel_table(task_recs, "tasks")
@@ -365,5 +382,6 @@ def filter_stage(run_dir: str|Path,            # the run folder
                "kept_classification_tasks": sum(bool(t.is_classification) for t in kept_tasks),
                "kept_instructions_without_generation": max(0, int(instr_table["remaining"].iloc[-1]) - len(gens)),
                "params": dict(seed=seed, max_output_words=max_output_words, max_input_words=max_input_words,
-                              conflict_drops_task=conflict_drops_task, max_instances=max_instances)}
+                              conflict_drops_task=conflict_drops_task, max_instances=max_instances,
+                              keywords=list(keywords) if keywords else None)}
     return metrics

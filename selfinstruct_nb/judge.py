@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from . import core, data
+from .prompts import messages_fields
 
 # %% auto #0
 __all__ = ['VICUNA_MODEL_LABELS', 'ORDERS', 'NEED_REF_CATEGORIES', 'reviewer_for', 'pair_messages', 'fastchat_parse_score',
@@ -197,6 +198,7 @@ def pair_requests(questions: Iterable[dict], # rows with `question_id`, `text`, 
                   reviewers: dict,           # `data.load_reviewer_prompts()`
                   both_orders: bool = True,  # also judge with the reference in position 1
                   params: dict|None = None,  # sampling parameters over the reviewer's (temperature 0.2, 1,024 tokens)
+                  chat: bool = True,         # chat requests; False: one completion prompt (`prompts.messages_prompt`)
                  ) -> list:
     "One `LLMRequest` per question and order, for the questions both models answered."
     from selfinstruct_nb.llm import LLMRequest
@@ -207,7 +209,7 @@ def pair_requests(questions: Iterable[dict], # rows with `question_id`, `text`, 
         rv = reviewer_for(q["category"], reviewers)
         for order in ORDERS[:2 if both_orders else 1]:
             a1, a2 = (candidate_answers[qid], reference_answers[qid]) if order == "candidate_first" else (reference_answers[qid], candidate_answers[qid])
-            out.append(LLMRequest(id=f"q{qid}-{order}", messages=pair_messages(q["text"], a1, a2, rv),
+            out.append(LLMRequest(id=f"q{qid}-{order}", **messages_fields(pair_messages(q["text"], a1, a2, rv), chat),
                                   params={**rv.get("metadata", {}), **(params or {})},
                                   meta={"question_id": qid, "category": q["category"], "order": order, "reviewer_id": rv["reviewer_id"]}))
     return out
@@ -233,10 +235,11 @@ def judge_pairs(client,                   # an `llm.LLMClient`
                 reviewers: dict|None = None,     # default: FastChat's reviewer prompts
                 both_orders: bool = True, params: dict|None = None, strict: bool = False,
                 journal: str|os.PathLike|None = None, # resumable journal of finished requests
+                chat: bool = True,                    # chat requests (False: completion prompts)
                ) -> list[dict]:
     "Judge the candidate against the reference on every question both answered; one review record per request."
     if candidate == reference: raise ValueError(f"candidate and reference have the same name {candidate!r}")
-    reqs = pair_requests(questions, candidate_answers, reference_answers, reviewers or data.load_reviewer_prompts(), both_orders, params)
+    reqs = pair_requests(questions, candidate_answers, reference_answers, reviewers or data.load_reviewer_prompts(), both_orders, params, chat)
     results = client.run(reqs, desc=f"judge {candidate} vs {reference}", journal=journal)
     return [review_record(r, candidate, reference, strict) for r in results]
 
@@ -372,10 +375,10 @@ def released_answers(model: str) -> dict[int, str]:
     "question_id -> text of a released Vicuna-80 answer set (`data.VICUNA_ANSWER_MODELS`)."
     return {r["question_id"]: r["text"] for r in data.load_vicuna_answers(model)}
 
-def answer_requests(questions: Iterable[dict], params: dict|None = None) -> list:
-    "One `LLMRequest` per question: the question as the user's message."
+def answer_requests(questions: Iterable[dict], params: dict|None = None, chat: bool = True) -> list:
+    "One `LLMRequest` per question: the question as the user's message (or as a completion prompt, `chat=False`)."
     from selfinstruct_nb.llm import LLMRequest
-    return [LLMRequest(id=f"answer-q{q['question_id']}", messages=[{"role": "user", "content": q["text"]}],
+    return [LLMRequest(id=f"answer-q{q['question_id']}", **messages_fields([{"role": "user", "content": q["text"]}], chat),
                        params=dict(params or {}), meta={"question_id": q["question_id"]}) for q in questions]
 
 def answer_records(results, model_id: str) -> tuple[list[dict], dict]:

@@ -15,9 +15,9 @@ from .core import Task, rng
 
 # %% auto #0
 __all__ = ['GEN_HEADER', 'CLF_GEN_HEADER', 'INSTRUCTION_GEN_PARAMS', 'CLF_HEAD', 'PAPER_CLF_EXAMPLES', 'CLF_PARAMS',
-           'OUTPUT_FIRST_TEMPLATE', 'INPUT_FIRST_TEMPLATE', 'one_line', 'instruction_gen_prompt',
-           'instruction_gen_stop', 'clf_prompt', 'clf_examples_from_seeds', 'instance_prompt', 'instance_params',
-           'request_fields']
+           'OUTPUT_FIRST_TEMPLATE', 'INPUT_FIRST_TEMPLATE', 'REFERENCE_SETTINGS', 'PAPER_VS_CODE', 'one_line',
+           'instruction_gen_prompt', 'instruction_gen_stop', 'clf_prompt', 'clf_examples_from_seeds', 'instance_prompt',
+           'instance_params', 'request_fields', 'messages_prompt', 'messages_fields']
 
 # %% ../nbs/11_prompts.ipynb #675de5c5
 GEN_HEADER = "Come up with a series of tasks:"
@@ -379,3 +379,52 @@ def request_fields(text: str,   # the prompt text
                   ) -> dict:
     "`prompt=` or `messages=` keyword arguments of `llm.LLMRequest` for `text`."
     return {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
+
+# %% ../nbs/11_prompts.ipynb #99aef4cd
+def messages_prompt(messages: Sequence[dict]) -> str:
+    "A conversation as one completion prompt: the turns' texts in order, a blank line between, a blank line at the end."
+    return "\n\n".join(m["content"] for m in messages if m.get("content")) + "\n\n"
+
+def messages_fields(messages: Sequence[dict], # chat messages `[{role, content}, ...]`
+                    chat: bool,               # True: send them as they are; False: one completion prompt
+                   ) -> dict:
+    "`messages=` or `prompt=` keyword arguments of `llm.LLMRequest` for a conversation."
+    return {"messages": list(messages)} if chat else {"prompt": messages_prompt(messages)}
+
+# %% ../nbs/11_prompts.ipynb #e24ea2ed
+REFERENCE_SETTINGS: dict = {  # yizhongw/self-instruct, engine davinci, logprobs 1, n 1 (papers.md's table)
+    "bootstrap_instructions": dict(max_tokens=1024, temperature=0.7, top_p=0.5, frequency_penalty=0.0, presence_penalty=2.0,
+                                   stop=["\n\n", "\n16", "16.", "16 ."]),
+    "identify_clf_or_not": dict(max_tokens=3, temperature=0.0, top_p=0.0, frequency_penalty=0.0, presence_penalty=0.0,
+                                stop=["\n", "Task"]),
+    "generate_instances": dict(max_tokens={"classification": 300, "other": 350}, temperature=0.0, top_p=0.0,
+                               frequency_penalty=0.0, presence_penalty=1.5, stop=["Example {max+1}", "Task:"]),
+}
+
+PAPER_VS_CODE: list[dict] = [
+    dict(what="instruction list numbering", paper="`Task 1:` ... `Task 8:`, the model continues after `Task 9:` (Appendix A)",
+         code="`1.` ... `8.`, continued after `9.`", default="paper: `prompt_style=\"task\"` (`\"number\"` gives the code's)",
+         why="the paper is what the project reproduces; the code's style is one parameter away"),
+    dict(what="instruction-generation stops", paper="a blank line or the 16th task",
+         code="`\\n\\n`, `\\n16`, `16.`, `16 .` (for `1.` lists)",
+         default="the same rule for the chosen style: `\\n\\n`, `Task 16`, `\\n16.`, `16.` for `Task N:` items, the code's list for `N.` items; chat requests drop the `\\n\\n` stop",
+         why="a stop list must match the numbering; a chat model puts blank lines between items and its preamble is dropped by the parser"),
+    dict(what="classification-identification stop", paper="`Task:` (the template's next item)", code="`\\n`, `Task`",
+         default="code: `\\n`, `Task`", why="`Task` stops at least as early as `Task:`; with 3 tokens the two differ only if the model writes `Task` without a colon"),
+    dict(what="classification-identification examples", paper="the template's fixed 31 instructions (12 classification, 19 not)",
+         code="the same fixed template", default="12 + 19 sampled from the seed tasks by their flags (`clf_examples=\"seeds\"`; `\"paper\"` gives the fixed list)",
+         why="30 of the 31 are seed instructions with the seed file's labels; sampling by seed keeps the prompt reproducible while not tying every run to one list"),
+    dict(what="top_p for classification and instances", paper="not stated", code="0 (with temperature 0)",
+         default="not sent (the server's default)", why="greedy decoding ignores top_p, and some OpenAI-compatible servers (vLLM) reject 0"),
+    dict(what="ROUGE-L pool filter", paper="kept only if ROUGE-L with every pool instruction is below 0.7 (rejected at >= 0.7)",
+         code="rejected only above 0.7 (`> 0.7`)", default="paper: `InstructionPool(inclusive=True)`",
+         why="the paper is the reference; equality at exactly 0.7 is rare, so the counts barely move"),
+    dict(what="blocked keywords", paper="instructions with keywords a text model cannot act on (e.g. image, picture, graph)",
+         code="image(s), graph(s), picture(s), file(s), map(s), draw, plot, go to; Alpaca adds video, audio, music, flowchart, diagram",
+         default="Self-Instruct's released list (`keyword_list=\"paper\"`; `\"alpaca\"` gives Alpaca's)",
+         why="the paper names examples only; the released list is the one behind its numbers"),
+    dict(what="instruction-generation max_tokens", paper="1024", code="1024",
+         default="1024 in the `full` profile; 128 in `smoke`", why="the smoke run's tiny model only needs to show the mechanics"),
+    dict(what="requests per bootstrap step", paper="not stated", code="5 prompts per request batch",
+         default="4 (`requests_per_round`), in every profile", why="a batch size, not a setting of the method: it changes only which machine instructions the next prompts can sample"),
+]

@@ -81,6 +81,7 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         self._attempts: Counter = Counter()   # body hash -> times seen
         self.counters: Counter = Counter()    # outcome -> requests
+        self.paths: Counter = Counter()       # POST path -> requests (e.g. "/v1/completions"), whatever the outcome
         self.httpd = _Server((host, port), self._handler_class())
         self._thread: threading.Thread|None = None
 
@@ -169,6 +170,7 @@ class FakeOpenAIServer:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = self.path.rstrip("/")
+                with server._lock: server.paths[path] += 1
                 if path not in ("/v1/completions", "/v1/chat/completions"):
                     server.count("404"); return self._error(404, "not_found", f"no route {self.path}")
                 if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":

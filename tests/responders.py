@@ -148,3 +148,30 @@ class SelfInstructResponder:
             parts.append(f"Example {i}\nInput: Something about {r.choice(TOPICS)} ({r.randrange(1000)}).\n"
                          f"Output: A {r.choice(STYLES)} response number {i} ({r.randrange(1000)}).")
         return "\n".join(parts) + "\n\nTask:"
+
+
+class DistillResponder:
+    "Answers stage 20_distill's requests: explanations, translations (every `english_every`-th in English, a bad translator), Chinese answers, 1-10 scores."
+    def __init__(self, english_every: int = 3):
+        self.english_every = english_every
+        self.english: list[str] = []      # texts of the translation requests answered in English
+        self.translations = 0
+
+    def in_english(self, source: str) -> bool:
+        "Does this responder answer the translation request for `source` in English (no Chinese character)?"
+        return int(hashlib.sha256(source.strip().encode()).hexdigest(), 16) % self.english_every == 0
+
+    def __call__(self, req: dict) -> str:
+        text, _ = _prompt_text(req)
+        if text.startswith("Translate the following text into Chinese."):
+            self.translations += 1
+            source = text.split("\n\n", 1)[-1]
+            if self.in_english(source):
+                self.english.append(source)
+                return f"Sure! Here is the answer: {source[:40]}"
+            return "请回答下面的问题：" + str(len(source))
+        if "We would like to request your feedback" in text:
+            return f"{_rng(text).randint(1, 10)}\nThe answer is relevant and mostly accurate."
+        if "### Instruction:" in text:
+            return "这是一个详细的回答。"
+        return f"Step 1: read the task. Step 2: answer it ({len(text)} characters)."
