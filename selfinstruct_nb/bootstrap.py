@@ -216,7 +216,13 @@ def bootstrap(client,                           # an `llm.LLMClient` (its backen
     def take(res): finished[sent.pop(res.id)] = res
     try:
         while (reason := stop_reason()) is None:
-            if done in finished:                                   # 1. commit in request order
+            for res in session.poll(): take(res)                   # 0. answers already back (or from the cache)
+            if (issued < max_requests and context_prefix(issued, schedule, window, rps) <= done
+                    and session.in_flight < slots):                # 1. send the next request if it may go
+                req = make_request(issued); sent[req.id] = issued; issued += 1
+                session.submit(req)
+                continue
+            if done in finished:                                   # 2. commit in request order
                 res = finished.pop(done)
                 cands, kept = _candidates(res, done, done // rps, machine, pool, num_instructions, n_total, chat)
                 response = dict(id=res.id, status=res.status, finish_reason=res.finish_reason, text=res.text,
@@ -236,12 +242,6 @@ def bootstrap(client,                           # an `llm.LLMClient` (its backen
                     sizes.append(len(machine))
                 else: sizes.append(None)
                 bar.update(min(len(machine), num_instructions) - bar.n); bar.set_postfix(requests=done, kept=len(machine))
-                continue
-            if (issued < max_requests and context_prefix(issued, schedule, window, rps) <= done
-                    and session.in_flight < slots):                # 2. send the next request if it may go
-                req = make_request(issued); sent[req.id] = issued; issued += 1
-                session.submit(req)
-                while session.ready: take(session.next())          # answered from the journal or the cache
                 continue
             res = session.next()                                   # 3. wait for an answer
             if res is None: raise RuntimeError(f"bootstrap: request {done} was never sent")  # a bug, not a state

@@ -641,6 +641,14 @@ class LLMSession:
             except queue.Empty: return None
         return self.ready.popleft()
 
+    def poll(self) -> list[LLMResult]:
+        "The results finished by now, without waiting (a batched backend generates only in `next`)."
+        while True:
+            try: self._outcome(*self._done.get_nowait())
+            except queue.Empty: break
+        out = list(self.ready); self.ready.clear()
+        return out
+
     def results(self):
         "Yield results as they finish until nothing is pending."
         while (r := self.next()) is not None: yield r
