@@ -556,6 +556,7 @@ class LLMSession:
         self._pending: list[LLMRequest] = []     # batched backends: sent, generated at the next `next`
         self._todo, self._done, self._stop = queue.SimpleQueue(), queue.SimpleQueue(), threading.Event()
         self._workers: list[threading.Thread] = []
+        self._sent_lock = threading.Lock()
         self._last_sync = time.monotonic()
         self.pbar = tqdm(total=total, desc=desc, mininterval=0.5, dynamic_ncols=True, disable=not progress)
         client.last_stats = _new_stats()
@@ -587,7 +588,6 @@ class LLMSession:
         if key in self.waiting: self.waiting[key].append(req); return        # 3. an identical request is in flight
         self.waiting[key] = [req]                                            # 4. the backend
         if req.id in self.sent_before and req.id not in self.previous: self.resent.add(req.id)
-        if self.sent_log: self.sent_log.append({"id": req.id, "request_key": key})
         self.started[req.id] = time.monotonic(); self.in_flight += 1
         if self.batched: self._pending.append(req); return
         if len(self._workers) < self.client.concurrency:
@@ -598,11 +598,17 @@ class LLMSession:
     def _work(self):
         while not self._stop.is_set():
             r = self._todo.get()
-            if r is None: return
+            if r is None or self._stop.is_set(): return
+            self._sent(r)
             retries = Counter()
             try: out = self.client.call_with_retries(r, self._stop, retries)
             except BaseException as e: out = (None, BackendError(f"error_{type(e).__name__}", _one_line(str(e))), 1)
             self._done.put((r, *out, dict(retries)))
+
+    def _sent(self, req):
+        "Note that `req` goes to the backend now (from a worker thread, or before a batch is generated)."
+        with self._sent_lock:
+            if self.sent_log: self.sent_log.append({"id": req.id, "request_key": self.keys[req.id]})
 
     def _outcome(self, req, comp, err, attempts, retries):
         self.in_flight -= 1
@@ -635,6 +641,7 @@ class LLMSession:
             if self.in_flight == 0: return None
             if self.batched:
                 todo, self._pending = self._pending, []
+                for r in todo: self._sent(r)
                 for out in self.client._backend_outcomes(todo): self._outcome(*out, {})
                 continue
             try: self._outcome(*self._done.get(timeout=timeout))
@@ -663,7 +670,8 @@ class LLMSession:
         if hasattr(self.client.backend, "endpoint_stats"): self.client.stats["endpoints"] = self.client.backend.endpoint_stats()
         self.pbar.close()
         if self.writer: self.sync(force=True); os.close(self._sync_fd); self._sync_fd = None; self.writer.close()
-        if self.sent_log: self.sent_log.close()
+        with self._sent_lock:
+            if self.sent_log: self.sent_log.close(); self.sent_log = None
 
 @patch
 def session(self: LLMClient, journal=None, desc: str = "llm", progress: bool = True, total: int|None = None,

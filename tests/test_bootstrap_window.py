@@ -86,7 +86,7 @@ def test_sigkilled_window_run_resumes_to_the_same_pool_rows_and_totals(tmp_path,
         assert 0 < committed < ref["requests"]                    # killed midway
         sent = {json.loads(l)["id"] for l in (out/"llm_journal.jsonl.sent").read_text().splitlines()}
         in_flight = sent - set(load_journal(out/"llm_journal.jsonl"))
-        assert len(in_flight) >= 6                                # the held ones at least
+        assert 6 <= len(in_flight) <= 8                          # the held ones at least, at most `concurrency`
         p2 = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
         assert p2.returncode == 0, p2.stderr[-2000:]
         assert "DONE 300" in p2.stdout
