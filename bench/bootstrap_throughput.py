@@ -70,7 +70,9 @@ def main(argv=None):
     f = a.faults / 5
     with FakeOpenAIServer(responder=SelfInstructResponder(), latency=a.latency, tail_rate=a.tail_rate,
                           tail_latency=a.tail_latency, rate_429=2 * f, rate_500=2 * f, rate_drop=f, seed=0) as srv:
-        print(f"server: {a.latency * 1000:.0f} ms answers, {a.tail_rate:.0%} at {a.tail_latency:.1f} s, {a.faults:.0%} faults "
+        nominal = a.latency * (1 - a.tail_rate) + a.tail_latency * a.tail_rate
+        print(f"server: {a.latency * 1000:.0f} ms answers, {a.tail_rate:.0%} at {a.tail_latency:.1f} s (mean of one attempt "
+              f"{nominal:.3f} s), {a.faults:.0%} faults "
               f"(429, 500, dropped); concurrency {a.concurrency}, {a.requests} requests per schedule, window {a.window}; "
               f"{os.cpu_count()} CPUs, load average before {load0:.2f}", flush=True)
         print(f"{'schedule':>8} {'requests':>8} {'seconds':>8} {'req/s':>7} {'mean latency':>12} {'ideal req/s':>11} {'ratio':>6}")
