@@ -113,7 +113,7 @@ def context_prefix(i: int,                     # request number (0-based, in req
     return max(0, i - window)
 
 # %% ../nbs/12_bootstrap.ipynb #eeafab22
-def _candidates(res, i, step, machine, pool, num_instructions, n_total, chat):
+def _candidates(res, step, machine, pool, num_instructions, n_total, chat):
     "The candidate rows of one response and the tasks it adds to the pool (`machine` holds the pool's tasks so far)."
     row = dict(instruction=None, step=step, request_id=res.id, kept=False, reason=None, rouge_max=None, most_similar=None)
     if res.status != "ok": return [{**row, "reason": "request_failed", "detail": str(res.error)[:300]}], []
@@ -224,7 +224,7 @@ def bootstrap(client,                           # an `llm.LLMClient` (its backen
                 continue
             if done in finished:                                   # 2. commit in request order
                 res = finished.pop(done)
-                cands, kept = _candidates(res, done, done // rps, machine, pool, num_instructions, n_total, chat)
+                cands, kept = _candidates(res, done // rps, machine, pool, num_instructions, n_total, chat)
                 response = dict(id=res.id, status=res.status, finish_reason=res.finish_reason, text=res.text,
                                 error=res.error, cached=res.cached)
                 machine += kept; instr += [t.instruction for t in kept]
