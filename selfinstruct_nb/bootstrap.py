@@ -7,7 +7,7 @@ Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/bootstrap.html.md"""
 
 # %% ../nbs/12_bootstrap.ipynb #41e3b440
 from __future__ import annotations
-import json, re
+import json, os, re
 from collections import Counter
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -23,8 +23,8 @@ from .filters import InstructionPool, SELF_INSTRUCT_KEYWORDS
 from .llm import LLMRequest
 
 # %% auto #0
-__all__ = ['sample_prompt_instructions', 'first_prompt', 'ListItem', 'clean_item', 'parse_task_list', 'bootstrap',
-           'summarize_candidates', 'pool_growth', 'plot_pool_growth']
+__all__ = ['SCHEDULES', 'sample_prompt_instructions', 'first_prompt', 'ListItem', 'clean_item', 'parse_task_list',
+           'context_prefix', 'bootstrap', 'summarize_candidates', 'pool_growth', 'plot_pool_growth']
 
 # %% ../nbs/12_bootstrap.ipynb #cf419421
 def sample_prompt_instructions(seed_instructions: Sequence[str],    # the human-written seeds
@@ -91,11 +91,50 @@ def _as_generation(g) -> Generation|None:
     "An `LLMResult.generation` (a `Generation`, or a dict from a journal) as a `Generation`."
     return Generation.from_dict(g) if isinstance(g, dict) else g
 
-def _bootstrap_config(seed, style, chat, params, n_total, n_machine, threshold, requests_per_round, keywords=SELF_INSTRUCT_KEYWORDS):
+def _bootstrap_config(seed, style, chat, params, n_total, n_machine, threshold, requests_per_round, schedule="step", window=0,
+                      keywords=SELF_INSTRUCT_KEYWORDS):
     cfg = dict(seed=seed, style=style, chat=chat, params=params, n_total=n_total, n_machine=n_machine,
                threshold=threshold, requests_per_round=requests_per_round)
     if tuple(keywords) != SELF_INSTRUCT_KEYWORDS: cfg["keywords"] = list(keywords)  # runs with the default list resume as before
-    return cfg
+    return cfg if schedule == "step" else {**cfg, "schedule": schedule, "window": window}   # a step run's config as before
+
+SCHEDULES = ("window", "step")
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+def context_prefix(i: int,                     # request number (0-based, in request order)
+                   schedule: str = "window",   # "window" | "step"
+                   window: int = 64,           # window: how far behind the pool a request may look
+                   requests_per_round: int = 8,  # step: requests per step
+                  ) -> int:
+    "How many requests, committed in request order, request `i` samples its in-context instructions after."
+    if schedule == "step": return i // requests_per_round * requests_per_round
+    return max(0, i - window)
+
+# %% ../nbs/12_bootstrap.ipynb #eeafab22
+def _candidates(res, step, machine, pool, num_instructions, n_total, chat):
+    "The candidate rows of one response and the tasks it adds to the pool (`machine` holds the pool's tasks so far)."
+    row = dict(instruction=None, step=step, request_id=res.id, kept=False, reason=None, rouge_max=None, most_similar=None)
+    if res.status != "ok": return [{**row, "reason": "request_failed", "detail": str(res.error)[:300]}], []
+    items = parse_task_list(res.text, first=n_total + 1, leading_item=not chat, finish_reason=res.finish_reason)
+    if not items: return [{**row, "reason": "no_items", "detail": (res.text or "")[:300]}], []
+    gen, cands, kept = _as_generation(res.generation), [], []
+    for it in items:
+        c = {**row, "instruction": it.text}
+        if it.truncated: c["reason"] = "truncated"
+        elif len(machine) + len(kept) >= num_instructions: c["reason"] = "pool_full"
+        else:
+            why, rmax, similar = pool.check_and_add(it.text)
+            c.update(reason=why, rouge_max=rmax, most_similar=similar)
+            if why is None:
+                c["kept"] = True
+                kept.append(Task(id=f"machine_task_{len(machine) + len(kept)}", instruction=it.text, source="machine",
+                                 generation=gen))
+        cands.append(c)
+    return cands, kept
 
 # %% ../nbs/12_bootstrap.ipynb #688e64db
 def bootstrap(client,                           # an `llm.LLMClient` (its backend is the teacher)
@@ -103,9 +142,9 @@ def bootstrap(client,                           # an `llm.LLMClient` (its backen
               out_dir,                          # the stage folder, e.g. `<run_dir>/10_bootstrap`
               num_instructions: int = 100,      # grow the machine pool to this size
               seed: int = 0,                    # run seed: in-context sampling and per-request sampling seeds
-              requests_per_round: int = 8,      # requests sent at once in one step
-              max_rounds: int = 1000,           # stop after this many steps in all (resumed steps included)
-              patience: int|None = None,        # stop after this many steps in a row without a new instruction
+              requests_per_round: int = 8,      # requests per step (step schedule: sent at once)
+              max_rounds: int = 1000,           # stop after this many steps' worth of requests in all (resumed included)
+              patience: int|None = None,        # stop after this many steps' worth of requests in a row with nothing kept
               params: dict|None = None,         # sampling settings (default `INSTRUCTION_GEN_PARAMS`)
               chat: bool = False,               # send the prompt as a chat user message
               style: str = "task",              # "task" (paper: `Task 9:`) or "number" (code: `9.`)
@@ -113,87 +152,116 @@ def bootstrap(client,                           # an `llm.LLMClient` (its backen
               n_machine: int = 2,               # of them machine-made
               threshold: float = 0.7,           # ROUGE-L threshold of the pool filter
               keywords: Sequence[str] = SELF_INSTRUCT_KEYWORDS, # blocked words of the static filter (`filters.keyword_list`)
+              schedule: str = "window",         # "window": `client.concurrency` requests always in flight; "step": the paper's
+              window: int = 64,                 # window schedule: request i samples from the pool after request i - window
               progress: bool = True,            # show a progress bar of the pool size
              ) -> dict:
     "Grow the machine instruction pool to `num_instructions`, journaled and resumable; returns the summary."
+    if schedule not in SCHEDULES: raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "window" and window < 1: raise ValueError(f"window: expected at least 1, got {window}")
     out = resolve(out_dir); out.mkdir(parents=True, exist_ok=True)
     params = {**INSTRUCTION_GEN_PARAMS, **(params or {})}
     params.setdefault("stop", instruction_gen_stop(style, chat=chat, last=n_total + 8))
-    config = _bootstrap_config(seed, style, chat, params, n_total, n_machine, threshold, requests_per_round, keywords)
+    config = _bootstrap_config(seed, style, chat, params, n_total, n_machine, threshold, requests_per_round, schedule, window, keywords)
     cfg_path, rounds_path = out/"config.json", out/"rounds.jsonl"
     if rounds_path.exists() and cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         if old != json.loads(json.dumps(config)):
-            diff = sorted(k for k in config if json.dumps(old.get(k)) != json.dumps(config[k]))
+            diff = sorted(k for k in {**config, **old} if json.dumps(old.get(k)) != json.dumps(config.get(k)))
             raise ValueError(f"{cfg_path}: this run was started with other settings ({', '.join(diff)}); use a new run_dir")
     write_json(cfg_path, config)
 
+    # the journal: one line per step (step schedule) or per request (window schedule), in request order
     seed_instr = [one_line(t.instruction) for t in seed_tasks]
-    rounds = read_jsonl(rounds_path, skip_torn_tail=True) if rounds_path.exists() else []
-    machine: list[Task] = [Task.from_dict(t) for r in rounds for t in r["kept"]]
-    write_jsonl(out/"candidates.jsonl", [c for r in rounds for c in r["candidates"]])   # drop a half-written step
+    units = read_jsonl(rounds_path, skip_torn_tail=True) if rounds_path.exists() else []
+    machine: list[Task] = [Task.from_dict(t) for u in units for t in u["kept"]]
+    write_jsonl(out/"candidates.jsonl", [c for u in units for c in u["candidates"]])   # drop a half-written line
     write_jsonl(out/"machine_instructions.jsonl", machine)
     pool = InstructionPool(seed_instr + [t.instruction for t in machine], threshold=threshold, keywords=keywords)
-    step = len(rounds)
-    stall = 0
-    for r in reversed(rounds):
-        if r["kept"]: break
+    instr = [t.instruction for t in machine]
+    sizes, n = [0], 0                   # sizes[c]: machine pool size after the first c requests were committed
+    for u in units:
+        n += len(u["kept"]); sizes += [None] * (len(u["responses"]) - 1) + [n]
+    done = len(sizes) - 1               # requests committed
+    stall = 0                           # journal lines (steps, or requests) in a row with nothing kept
+    for u in reversed(units):
+        if u["kept"]: break
         stall += 1
+    rps, max_requests = requests_per_round, max_rounds * requests_per_round
+
+    def make_request(i: int) -> LLMRequest:
+        step, j = divmod(i, rps)
+        r = rng(seed, "bootstrap", step, j)
+        shown = instr[:sizes[context_prefix(i, schedule, window, rps)]]
+        prompt = instruction_gen_prompt(sample_prompt_instructions(seed_instr, shown, r, n_total, n_machine), style=style)
+        return LLMRequest(id=f"bootstrap-s{seed}-r{step:06d}-{j:03d}", **request_fields(prompt, chat),
+                          params={**params, "seed": r.randrange(2**31)}, meta={"step": step, "i": j, "n": i})
+
+    def stop_reason():
+        if schedule == "step" and done % rps: return None     # a step commits whole
+        if len(machine) >= num_instructions: return "reached_n"
+        if done >= max_requests: return "max_rounds"
+        if patience is not None and stall >= patience * (1 if schedule == "step" else rps): return "no_progress"
+        return None
 
     bar = tqdm(total=num_instructions, initial=min(len(machine), num_instructions), desc="bootstrap: machine pool",
                disable=not progress, unit="instr")
-    # the journal is fsynced; the two derived files need not be (a restart rebuilds them from the journal)
+    # derived files need no fsync (a restart rebuilds them from the journal); step lines are fsynced, request lines
+    # are written through (a SIGKILL loses nothing) and fsynced at the end
     cand_log, pool_log = JsonlAppender(out/"candidates.jsonl", fsync=False), JsonlAppender(out/"machine_instructions.jsonl", fsync=False)
-    journal = JsonlAppender(rounds_path)
-    stop_reason = "reached_n"
+    journal = JsonlAppender(rounds_path, fsync=schedule == "step")
+    session = client.session(out/"llm_journal.jsonl", desc="bootstrap requests", progress=False, count_journal=True)
+    slots = max(client.concurrency, getattr(client.backend, "batch_size", 1))
+    sent: dict[str, int] = {}           # request id -> number, for requests sent and not committed
+    finished: dict[int, object] = {}    # number -> LLMResult, finished and not committed
+    unit = []                           # step schedule: the committed requests of the current step
+    issued = done
+    def take(res): finished[sent.pop(res.id)] = res
     try:
-        while True:
-            if len(machine) >= num_instructions: stop_reason = "reached_n"; break
-            if step >= max_rounds: stop_reason = "max_rounds"; break
-            if patience is not None and stall >= patience: stop_reason = "no_progress"; break
-            machine_instr = [t.instruction for t in machine]
-            reqs = []
-            for i in range(requests_per_round):
-                r = rng(seed, "bootstrap", step, i)
-                prompt = instruction_gen_prompt(sample_prompt_instructions(seed_instr, machine_instr, r, n_total, n_machine), style=style)
-                reqs.append(LLMRequest(id=f"bootstrap-s{seed}-r{step:06d}-{i:03d}", **request_fields(prompt, chat),
-                                       params={**params, "seed": r.randrange(2**31)}, meta={"step": step, "i": i}))
-            results = client.run(reqs, desc=f"bootstrap step {step}", progress=False)
-            cands, kept, responses = [], [], []
-            for req, res in zip(reqs, results):
-                responses.append(dict(id=res.id, status=res.status, finish_reason=res.finish_reason, text=res.text,
-                                      error=res.error, cached=res.cached))
-                row = dict(instruction=None, step=step, request_id=req.id, kept=False, reason=None, rouge_max=None, most_similar=None)
-                if res.status != "ok":
-                    cands.append({**row, "reason": "request_failed", "detail": str(res.error)[:300]}); continue
-                items = parse_task_list(res.text, first=n_total + 1, leading_item=not chat, finish_reason=res.finish_reason)
-                if not items:
-                    cands.append({**row, "reason": "no_items", "detail": (res.text or "")[:300]}); continue
-                gen = _as_generation(res.generation)
-                for it in items:
-                    c = {**row, "instruction": it.text}
-                    if it.truncated: c["reason"] = "truncated"
-                    elif len(machine) + len(kept) >= num_instructions: c["reason"] = "pool_full"
-                    else:
-                        why, rmax, similar = pool.check_and_add(it.text)
-                        c.update(reason=why, rouge_max=rmax, most_similar=similar)
-                        if why is None:
-                            c["kept"] = True
-                            kept.append(Task(id=f"machine_task_{len(machine) + len(kept)}", instruction=it.text,
-                                             source="machine", generation=gen))
-                    cands.append(c)
-            journal.append(dict(step=step, responses=responses, candidates=cands, kept=[asdict(t) for t in kept]))
-            for c in cands: cand_log.append(c)
-            for t in kept: pool_log.append(t)
-            machine += kept
-            stall = 0 if kept else stall + 1
-            step += 1
-            bar.update(min(len(machine), num_instructions) - bar.n)
-            bar.set_postfix(step=step, kept=len(machine))
+        while (reason := stop_reason()) is None:
+            for res in session.poll(): take(res)                   # 0. answers already back (or from the cache)
+            if (issued < max_requests and context_prefix(issued, schedule, window, rps) <= done
+                    and session.in_flight < slots):                # 1. send the next request if it may go
+                req = make_request(issued); sent[req.id] = issued; issued += 1
+                session.submit(req)
+                continue
+            if done in finished:                                   # 2. commit in request order
+                res = finished.pop(done)
+                cands, kept = _candidates(res, done // rps, machine, pool, num_instructions, n_total, chat)
+                response = dict(id=res.id, status=res.status, finish_reason=res.finish_reason, text=res.text,
+                                error=res.error, cached=res.cached)
+                machine += kept; instr += [t.instruction for t in kept]
+                unit.append((response, cands, kept))
+                done += 1
+                if schedule == "window" or done % rps == 0:
+                    line = dict(step=(done - 1) // rps, responses=[u[0] for u in unit], candidates=[c for u in unit for c in u[1]],
+                                kept=[asdict(t) for u in unit for t in u[2]])
+                    journal.append({**line, "i": done - 1} if schedule == "window" else line)
+                    for c in line["candidates"]: cand_log.append(c)
+                    for u in unit:
+                        for t in u[2]: pool_log.append(t)
+                    stall = 0 if line["kept"] else stall + 1
+                    unit = []
+                    sizes.append(len(machine))
+                else: sizes.append(None)
+                bar.update(min(len(machine), num_instructions) - bar.n); bar.set_postfix(requests=done, kept=len(machine))
+                continue
+            res = session.next()                                   # 3. wait for an answer
+            if res is None: raise RuntimeError(f"bootstrap: request {done} was never sent")  # a bug, not a state
+            take(res)
+        if schedule == "window" and not session.batched:
+            # the requests that could have been in flight when the pool filled are completed, so what the run sent
+            # (and its accounting) does not depend on timing
+            for i in range(issued, min(done + window, max_requests)): session.submit(make_request(i)); issued += 1
+        for res in session.results(): pass                         # answers in flight are journaled, not committed
     finally:
-        bar.close(); cand_log.close(); pool_log.close(); journal.close()
-    return summarize_candidates(out/"candidates.jsonl", stop_reason=stop_reason, rounds=step,
-                                num_instructions=num_instructions, seed_pool=len(seed_instr))
+        session.close(); bar.close(); cand_log.close(); pool_log.close()
+        journal.close()
+        if schedule == "window": _fsync(rounds_path)
+    return summarize_candidates(out/"candidates.jsonl", stop_reason=reason, rounds=-(-done // rps),
+                                num_instructions=num_instructions, seed_pool=len(seed_instr), schedule=schedule,
+                                **({"window": window} if schedule == "window" else {}),
+                                requests_committed=done, requests_past_stop=issued - done)
 
 # %% ../nbs/12_bootstrap.ipynb #dc3fd717
 def summarize_candidates(path,                 # a `candidates.jsonl`

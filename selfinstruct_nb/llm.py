@@ -8,7 +8,7 @@ Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/llm.html.md"""
 # %% ../nbs/02_llm.ipynb #47881712
 from __future__ import annotations
 import json, os, queue, random, sqlite3, threading, time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterable
@@ -21,8 +21,9 @@ from .core import (Generation, FieldError, JsonlAppender, canonical_json, read_j
 
 # %% auto #0
 __all__ = ['SAMPLING_PARAMS', 'normalize_params', 'LLMRequest', 'LLMResult', 'prompt_hash', 'request_key', 'Completion',
-           'BackendError', 'MissingAPIKeyError', 'OpenAIBackend', 'cut_at_stop', 'TransformersBackend', 'make_backend',
-           'ResponseCache', 'backoff_delay', 'load_journal', 'LLMClient']
+           'BackendError', 'MissingAPIKeyError', 'split_base_urls', 'OpenAIBackend', 'cut_at_stop',
+           'TransformersBackend', 'make_backend', 'ResponseCache', 'backoff_delay', 'load_journal', 'LLMClient',
+           'sent_log_path', 'LLMSession']
 
 # %% ../nbs/02_llm.ipynb #a66d7aa0
 SAMPLING_PARAMS = {"temperature": float, "top_p": float, "max_tokens": int, "stop": list,
@@ -89,6 +90,8 @@ class LLMResult:
     cached: bool = False            # served from the cache or the journal, no call made
     attempts: int = 0               # backend calls made for this request in this run
     meta: dict = field(default_factory=dict)
+    retries: dict = field(default_factory=dict)  # retried failures of this request by reason, e.g. {"http_429": 2}
+    resent: bool = False            # sent again after a kill: an earlier process sent it and journaled no result
     @property
     def ok(self) -> bool: return self.status == "ok"
     @property
@@ -106,7 +109,8 @@ class LLMResult:
         except FieldError as e: raise FieldError(f"generation.{e.field}", e.msg) from None
         return cls(str(_check(d, "id", (str, int), False)), status, _check(d, "text", str), _check(d, "error", str),
                    _check(d, "finish_reason", str), _check(d, "usage", dict) or {}, gen,
-                   bool(d.get("cached", False)), int(_check(d, "attempts", int) or 0), _check(d, "meta", dict) or {})
+                   bool(d.get("cached", False)), int(_check(d, "attempts", int) or 0), _check(d, "meta", dict) or {},
+                   _check(d, "retries", dict) or {}, bool(d.get("resent", False)))
 
 # %% ../nbs/02_llm.ipynb #33dd8a71
 def prompt_hash(req: LLMRequest) -> str:
@@ -141,17 +145,40 @@ def _one_line(s: str, limit: int = 300) -> str:
     s = " ".join(str(s).split())
     return s if len(s) <= limit else s[:limit - 3] + "..."
 
+def split_base_urls(base_url) -> list:
+    "The endpoints named by `base_url`: None, one URL, several separated by commas, or a list."
+    if base_url is None: return [None]
+    urls = [str(u).strip() for u in (base_url if isinstance(base_url, (list, tuple)) else str(base_url).split(","))]
+    urls = [u for u in urls if u]
+    dup = [u for u in urls if urls.count(u) > 1]
+    if dup: raise ValueError(f"base_url: {dup[0]} is listed twice")
+    return urls or [None]
+
+class _Endpoint:
+    "One server of a fleet: its client, requests in flight, outcomes, latencies and circuit-breaker state."
+    def __init__(self, client):
+        self.client, self.url = client, str(client.base_url).rstrip("/")
+        self.in_flight = self.requests = self.ok = self.failed = self.opened = self.fails_in_row = 0
+        self.open_until, self.latency_sum, self.latencies = 0.0, 0.0, deque(maxlen=10_000)
+
+# failures that say "this server is unwell" (a 4xx or a 429 says nothing against the server)
+_BREAKER_CODES = ("connection", "timeout", "malformed")
+
 class OpenAIBackend:
-    "Completion and chat requests to an OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp) through `openai`."
+    "Completion and chat requests to one or several OpenAI-compatible servers (OpenAI, vLLM, Ollama, llama.cpp)."
     kind = "openai"
     def __init__(self,
                  model: str,                   # model name as the server knows it
-                 base_url: str|None = None,    # e.g. "http://127.0.0.1:8000/v1"; None: the openai default
+                 base_url: str|list|None = None,  # e.g. "http://127.0.0.1:8000/v1"; several: "http://a/v1,http://b/v1"
                  api_key_env: str = "OPENAI_API_KEY",  # NAME of the env var holding the key; "" for servers without auth
-                 timeout: float = 60.0):       # default per-request timeout (LLMClient passes its own)
+                 timeout: float = 60.0,        # default per-request timeout (LLMClient passes its own)
+                 endpoint_concurrency: int|None = None,  # most requests in flight per endpoint (None: no limit of its own)
+                 breaker_failures: int = 5,    # this many server failures in a row take an endpoint out of the rotation
+                 breaker_cooldown: float = 30.0):  # ... for this many seconds; then one probe request may bring it back
         import openai
         self.model = self.model_id = model
         self.base_url, self.api_key_env = base_url, api_key_env
+        urls = split_base_urls(base_url)
         if api_key_env:
             key = os.environ.get(api_key_env, "")
             if not key.strip():
@@ -159,23 +186,80 @@ class OpenAIBackend:
                                          f"or pass api_key_env='' for a server that needs no key")
         else: key = "EMPTY"   # vLLM / llama.cpp convention for no auth
         self._secrets = [key] if len(key) >= 4 and key != "EMPTY" else []
-        self.client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)
+        self.endpoints = [_Endpoint(openai.OpenAI(base_url=u, api_key=key, max_retries=0, timeout=timeout)) for u in urls]
+        self.client = self.endpoints[0].client
+        self.endpoint_concurrency, self.breaker_failures, self.breaker_cooldown = endpoint_concurrency, breaker_failures, breaker_cooldown
+        self._cond, self._tls = threading.Condition(), threading.local()
     def __repr__(self): return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
     def identity(self) -> dict:
-        "What besides the model name decides the answers: the server (llama.cpp answers to any model name)."
-        return {"base_url": str(self.client.base_url).rstrip("/")}
+        "What besides the model name decides the answers: the server (llama.cpp answers to any model name); of a fleet, the first."
+        return {"base_url": self.endpoints[0].url}
     def scrub(self, s: str) -> str:
         "`s` on one line with the API key replaced by `[redacted]`."
         for k in self._secrets: s = str(s).replace(k, "[redacted]")
         return _one_line(s)
 
+    def _acquire(self) -> _Endpoint:
+        "The endpoint for the next attempt: in the rotation, below its limit, fewest in flight; not the one that just failed."
+        avoid = getattr(self._tls, "failed", None)
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                def limit(ep): return 1 if ep.fails_in_row >= self.breaker_failures else self.endpoint_concurrency
+                free = [ep for ep in self.endpoints if ep.open_until <= now and (limit(ep) is None or ep.in_flight < limit(ep))]
+                if len(free) > 1 and avoid in free: free.remove(avoid)
+                if free:
+                    ep = min(free, key=lambda e: (e.in_flight, e.requests))
+                    ep.in_flight += 1; ep.requests += 1
+                    return ep
+                wake = [ep.open_until - now for ep in self.endpoints if ep.open_until > now]
+                self._cond.wait(min(wake + [0.5]))
+
+    def _release(self, ep: _Endpoint, seconds: float, err: BackendError|None):
+        with self._cond:
+            ep.in_flight -= 1; ep.latency_sum += seconds; ep.latencies.append(seconds)
+            if err is None: ep.ok += 1; ep.fails_in_row = 0; ep.open_until = 0.0
+            else:
+                ep.failed += 1
+                if err.code in _BREAKER_CODES or err.code.startswith("http_5"):
+                    ep.fails_in_row += 1
+                    if ep.fails_in_row >= self.breaker_failures and len(self.endpoints) > 1:
+                        now = time.monotonic()
+                        if ep.open_until <= now: ep.opened += 1
+                        ep.open_until = now + self.breaker_cooldown
+            self._cond.notify_all()
+        self._tls.failed = ep if err is not None else None
+
+    def endpoint_stats(self) -> dict:
+        "Per endpoint: attempts sent, their outcomes, latency (mean, p50, p95 of recent ones), times taken out of the rotation."
+        out = {}
+        with self._cond:
+            for ep in self.endpoints:
+                lat = sorted(ep.latencies)
+                q = lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))], 4) if lat else None
+                out[ep.url] = {"requests": ep.requests, "ok": ep.ok, "failed": ep.failed,
+                               "mean_latency_s": round(ep.latency_sum / ep.requests, 4) if ep.requests else None,
+                               "p50_latency_s": q(0.5), "p95_latency_s": q(0.95), "circuit_opened": ep.opened,
+                               "in_rotation": ep.open_until <= time.monotonic()}
+        return out
+
     def call(self, req: LLMRequest, timeout: float|None = None) -> Completion:
-        "One request; raises `BackendError` with a reason code."
+        "One attempt on one endpoint; raises `BackendError` with a reason code."
+        ep, t0 = self._acquire(), time.monotonic()
+        try: comp = self._call(ep.client, req, timeout)
+        except BackendError as e:
+            self._release(ep, time.monotonic() - t0, e); raise
+        except BaseException as e:
+            self._release(ep, time.monotonic() - t0, BackendError(f"error_{type(e).__name__}")); raise
+        self._release(ep, time.monotonic() - t0, None)
+        return comp
+
+    def _call(self, client, req: LLMRequest, timeout: float|None) -> Completion:
         import openai
         kw = dict(model=self.model, timeout=timeout, **req.params)
         try:
-            if req.mode == "chat": resp = self.client.chat.completions.create(messages=req.messages, **kw)
-            else: resp = self.client.completions.create(prompt=req.prompt, **kw)
+            if req.mode == "chat": resp = client.chat.completions.create(messages=req.messages, **kw)
+            else: resp = client.completions.create(prompt=req.prompt, **kw)
         except openai.APITimeoutError: raise BackendError("timeout", f"no answer within {timeout}s", True) from None
         except openai.APIConnectionError as e:
             cause = f" ({type(e.__cause__).__name__})" if e.__cause__ else ""
@@ -271,7 +355,7 @@ class TransformersBackend:
 # %% ../nbs/02_llm.ipynb #d57dad70
 def make_backend(kind: str,                    # "openai" | "transformers"
                  model: str,                   # server model name, hub id, folder, or "tiny"
-                 base_url: str|None = None,    # openai: server URL
+                 base_url: str|None = None,    # openai: server URL, or several (a list or comma-separated)
                  api_key_env: str = "OPENAI_API_KEY",  # openai: NAME of the env var with the key ("" = none)
                  **kw):                        # passed to the backend's constructor
     "The backend of `kind` for `model`."
@@ -330,7 +414,9 @@ def load_journal(path: str|os.PathLike) -> dict[str, tuple[str, LLMResult]]:
 # %% ../nbs/02_llm.ipynb #a4102959
 def _new_stats() -> dict:
     return {"requests": 0, "ok": 0, "failed": 0, "failed_reasons": {}, "cached": 0, "resumed": 0,
-            "backend_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "est_cost_usd": 0.0}
+            "backend_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "est_cost_usd": 0.0,
+            "retries": 0, "retries_by_reason": {}, "resent": 0,
+            "resent_usage": {"backend_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "est_cost_usd": 0.0}}
 
 class LLMClient:
     "Runs requests through a backend with a cache, bounded concurrency, retries, a resumable journal and accounting."
@@ -358,6 +444,7 @@ class LLMClient:
 
     def call_with_retries(self, req: LLMRequest,
                           stop: threading.Event|None = None,  # set: give up at the next wait (the run was interrupted)
+                          retries: Counter|None = None,       # if given, counts the retries by the reason of the failure
                          ) -> tuple[Completion|None, BackendError|None, int]:
         "One request with retries: `(completion, None, attempts)` or `(None, last_error, attempts)`."
         stop, attempts = stop or threading.Event(), 0
@@ -367,52 +454,57 @@ class LLMClient:
             except BackendError as e: err = e
             except Exception as e: err = BackendError(f"error_{type(e).__name__}", _one_line(str(e)), False)
             if not err.retryable or attempts > self.max_retries or stop.is_set(): return None, err, attempts
+            if retries is not None: retries[err.code] += 1
             if stop.wait(backoff_delay(attempts - 1, self.backoff_base, self.backoff_max, err.retry_after)):
                 return None, err, attempts
 
 # %% ../nbs/02_llm.ipynb #bf268e9b
 @patch
 def _result(self: LLMClient, req: LLMRequest, comp: Completion|None, err: BackendError|None, attempts: int,
-            cached: bool = False) -> LLMResult:
+            cached: bool = False, retries: dict|None = None, resent: bool = False) -> LLMResult:
     params = {**req.params, **({"ignored_params": comp.ignored_params} if comp and comp.ignored_params else {})}
     gen = Generation(self.backend.kind, self.backend.model_id, prompt_hash(req), params, time.time())
     if comp is None:
         return LLMResult(req.id, "failed", error=f"{err} (after {attempts} attempt{'s' * (attempts != 1)})",
-                         generation=gen, cached=cached, attempts=attempts, meta=req.meta)
-    return LLMResult(req.id, "ok", comp.text, None, comp.finish_reason, dict(comp.usage), gen, cached, attempts, req.meta)
+                         generation=gen, cached=cached, attempts=attempts, meta=req.meta, retries=dict(retries or {}),
+                         resent=resent)
+    return LLMResult(req.id, "ok", comp.text, None, comp.finish_reason, dict(comp.usage), gen, cached, attempts, req.meta,
+                     dict(retries or {}), resent)
+
+def _add(d: dict, counts: dict):
+    for k, n in counts.items(): d[k] = d.get(k, 0) + n
 
 @patch
 def _count(self: LLMClient, res: LLMResult, resumed: bool = False) -> None:
+    "Count `res`'s outcome: what was asked and how it ended."
     for st in (self.stats, self.last_stats):
-        st["requests"] += 1; st["backend_calls"] += res.attempts
+        st["requests"] += 1
         st["ok" if res.ok else "failed"] += 1
-        if not res.ok: st["failed_reasons"][res.reason] = st["failed_reasons"].get(res.reason, 0) + 1
+        if not res.ok: _add(st["failed_reasons"], {res.reason: 1})
         if resumed: st["resumed"] += 1
         elif res.cached: st["cached"] += 1
-        elif res.ok:
-            st["prompt_tokens"] += res.usage.get("prompt_tokens", 0)
-            st["completion_tokens"] += res.usage.get("completion_tokens", 0)
-            st["est_cost_usd"] = round(st["est_cost_usd"] + self.cost(res.usage), 8)
+
+@patch
+def _spend(self: LLMClient, res: LLMResult, retried: bool = False) -> None:
+    "Count what `res` cost: backend calls, retries by reason, tokens and dollars (also for a journaled result)."
+    calls = res.attempts
+    paid = {"prompt_tokens": res.usage.get("prompt_tokens", 0), "completion_tokens": res.usage.get("completion_tokens", 0)} \
+        if res.ok and not res.cached else {}
+    cost = self.cost(paid) if paid else 0.0
+    retries = {**res.retries, **({res.reason: res.retries.get(res.reason, 0) + 1} if retried and not res.ok else {})}
+    for st in (self.stats, self.last_stats):
+        st["backend_calls"] += calls
+        _add(st, paid); st["est_cost_usd"] = round(st["est_cost_usd"] + cost, 8)
+        st["retries"] += sum(retries.values()); _add(st["retries_by_reason"], retries)
+        if res.resent:
+            st["resent"] += 1
+            _add(st["resent_usage"], {"backend_calls": calls, **paid})
+            st["resent_usage"]["est_cost_usd"] = round(st["resent_usage"]["est_cost_usd"] + cost, 8)
 
 # %% ../nbs/02_llm.ipynb #6bfa5549
 @patch
 def _backend_outcomes(self: LLMClient, reqs: list[LLMRequest]):
-    "Yield `(request, completion|None, error|None, attempts)` for each request, as they finish."
-    if not hasattr(self.backend, "call_batch"):
-        todo, done, stop = queue.SimpleQueue(), queue.SimpleQueue(), threading.Event()
-        for r in reqs: todo.put(r)
-        def worker():
-            while not stop.is_set():
-                try: r = todo.get_nowait()
-                except queue.Empty: return
-                try: done.put((r, *self.call_with_retries(r, stop)))
-                except BaseException as e: done.put((r, None, BackendError(f"error_{type(e).__name__}", _one_line(str(e))), 1))
-        workers = [threading.Thread(target=worker, daemon=True, name=f"llm-{i}") for i in range(min(self.concurrency, len(reqs)))]
-        for w in workers: w.start()
-        try:
-            for _ in reqs: yield done.get()
-        finally: stop.set()  # on an interrupt: queued requests are dropped, running ones give up at their next wait
-        return
+    "Batched backends: yield `(request, completion|None, error|None, attempts)` for each request."
     groups = defaultdict(list)
     for r in reqs: groups[self.backend.group_key(r)].append(r)
     for g in groups.values():
@@ -431,6 +523,162 @@ def _run_batch(self: LLMClient, batch: list[LLMRequest], attempts: int = 1):
         yield batch[0], None, err, attempts; return
     for r, c in zip(batch, comps): yield r, c, None, attempts
 
+# %% ../nbs/02_llm.ipynb #813d5ba1
+def sent_log_path(journal) -> Path:
+    "The journal's companion file of sent request ids: a request sent but not journaled was in flight at a kill."
+    p = resolve(journal)
+    return p.with_name(p.name + ".sent")
+
+class LLMSession:
+    "Requests submitted one at a time, results taken as they finish: the client's cache, journal, retries and accounting."
+    def __init__(self, client: LLMClient,
+                 journal: str|os.PathLike|None = None,  # JSONL journal for resuming a killed run
+                 desc: str = "llm",                     # progress bar label
+                 progress: bool = True,                 # draw a tqdm bar
+                 total: int|None = None,                # the bar's total, if known
+                 count_journal: bool = False):          # at close, count journal entries no request claimed (their
+                                                        # spend is part of this run: a bootstrap does not resubmit them)
+        self.client, self.count_journal = client, count_journal
+        self.previous = load_journal(journal) if journal else {}
+        self.writer = JsonlAppender(journal, fsync=False) if journal else None
+        self._sync_fd = os.open(self.writer.path, os.O_RDONLY) if self.writer else None
+        sent = sent_log_path(journal) if journal else None
+        self.sent_before = {d["id"] for d in read_jsonl(sent, skip_torn_tail=True)} if sent and sent.exists() else set()
+        self.sent_log = JsonlAppender(sent, fsync=False) if sent else None
+        self.ids, self.claimed, self.resent = set(), set(), set()
+        self.keys: dict[str, str] = {}
+        self.ready: deque[LLMResult] = deque()
+        self.waiting: dict[str, list] = {}       # request key -> [leader in flight, identical requests waiting on it]
+        self.in_flight = 0
+        self.started: dict[str, float] = {}
+        self.latencies: list[float] = []         # seconds from send to result, retries included, of each backend request
+        self.batched = hasattr(client.backend, "call_batch")
+        self._pending: list[LLMRequest] = []     # batched backends: sent, generated at the next `next`
+        self._todo, self._done, self._stop = queue.SimpleQueue(), queue.SimpleQueue(), threading.Event()
+        self._workers: list[threading.Thread] = []
+        self._sent_lock = threading.Lock()
+        self._last_sync = time.monotonic()
+        self.pbar = tqdm(total=total, desc=desc, mininterval=0.5, dynamic_ncols=True, disable=not progress)
+        client.last_stats = _new_stats()
+    def __enter__(self): return self
+    def __exit__(self, *a): self.close()
+    @property
+    def pending(self) -> int:
+        "Submitted requests whose results have not been taken yet."
+        return len(self.ready) + self.in_flight + sum(len(v) - 1 for v in self.waiting.values())
+
+    def submit(self, req: LLMRequest|dict) -> None:
+        "Queue one request: answered at once from the journal or the cache, else sent to the backend."
+        req = req if isinstance(req, LLMRequest) else LLMRequest(**req)
+        if req.id in self.ids: raise ValueError(f"duplicate request id in one run: {req.id}")
+        self.ids.add(req.id)
+        key = self.keys[req.id] = request_key(self.client.backend, req)
+        k, old = self.previous.get(req.id, (None, None))
+        if old is not None:
+            self.claimed.add(req.id)
+            if k == key and (old.ok or not self.client.retry_failed):        # 1. the journal
+                self.client._spend(old)
+                return self._finish(req, LLMResult(**{**asdict(old), "generation": old.generation, "cached": True,
+                                                      "attempts": 0, "meta": req.meta, "retries": {}, "resent": False}),
+                                    resumed=True)
+            self.client._spend(old, retried=True)     # a failed (or changed) request runs again; its calls were made
+        if self.client.cache is not None and (hit := self.client.cache.get(key)) is not None:   # 2. the cache
+            return self._finish(req, LLMResult(req.id, "ok", hit["text"], None, hit.get("finish_reason"), hit.get("usage", {}),
+                                               Generation.from_dict(hit["generation"]), True, 0, req.meta))
+        if key in self.waiting: self.waiting[key].append(req); return        # 3. an identical request is in flight
+        self.waiting[key] = [req]                                            # 4. the backend
+        if req.id in self.sent_before and req.id not in self.previous: self.resent.add(req.id)
+        self.started[req.id] = time.monotonic(); self.in_flight += 1
+        if self.batched: self._pending.append(req); return
+        if len(self._workers) < self.client.concurrency:
+            w = threading.Thread(target=self._work, daemon=True, name=f"llm-{len(self._workers)}"); w.start()
+            self._workers.append(w)
+        self._todo.put(req)
+
+    def _work(self):
+        while not self._stop.is_set():
+            r = self._todo.get()
+            if r is None or self._stop.is_set(): return
+            self._sent(r)
+            retries = Counter()
+            try: out = self.client.call_with_retries(r, self._stop, retries)
+            except BaseException as e: out = (None, BackendError(f"error_{type(e).__name__}", _one_line(str(e))), 1)
+            self._done.put((r, *out, dict(retries)))
+
+    def _sent(self, req):
+        "Note that `req` goes to the backend now (from a worker thread, or before a batch is generated)."
+        with self._sent_lock:
+            if self.sent_log: self.sent_log.append({"id": req.id, "request_key": self.keys[req.id]})
+
+    def _outcome(self, req, comp, err, attempts, retries):
+        self.in_flight -= 1
+        self.latencies.append(time.monotonic() - self.started.pop(req.id))
+        res = self.client._result(req, comp, err, attempts, retries=retries, resent=req.id in self.resent)
+        self.client._spend(res)
+        self._finish(req, res)                                   # journal first, then cache: a kill between loses nothing
+        if res.ok and self.client.cache is not None:
+            self.client.cache.put(self.keys[req.id], {"text": res.text, "finish_reason": res.finish_reason, "usage": res.usage,
+                                                      "generation": asdict(res.generation)})
+        for f in self.waiting.pop(self.keys[req.id])[1:]:
+            self._finish(f, LLMResult(**{**asdict(res), "id": f.id, "generation": res.generation, "cached": True,
+                                        "attempts": 0, "meta": f.meta, "retries": {}, "resent": False}))
+
+    def _finish(self, req, res, resumed=False):
+        self.ready.append(res); self.client._count(res, resumed)
+        if self.writer and not resumed: self.writer.append({"request_key": self.keys[req.id], **asdict(res)})
+        self.pbar.update(1)
+        self.pbar.set_postfix(ok=self.client.last_stats["ok"], failed=self.client.last_stats["failed"], refresh=False)
+        self.sync()
+
+    def sync(self, force: bool = False):
+        "fsync the journal, at most every 0.5 s unless `force`."
+        if self._sync_fd is not None and (force or time.monotonic() - self._last_sync > 0.5):
+            os.fsync(self._sync_fd); self._last_sync = time.monotonic()
+
+    def next(self, timeout: float|None = None) -> LLMResult|None:
+        "The next finished result (any order); None when nothing is pending or none came within `timeout` seconds."
+        while not self.ready:
+            if self.in_flight == 0: return None
+            if self.batched:
+                todo, self._pending = self._pending, []
+                for r in todo: self._sent(r)
+                for out in self.client._backend_outcomes(todo): self._outcome(*out, {})
+                continue
+            try: self._outcome(*self._done.get(timeout=timeout))
+            except queue.Empty: return None
+        return self.ready.popleft()
+
+    def poll(self) -> list[LLMResult]:
+        "The results finished by now, without waiting (a batched backend generates only in `next`)."
+        while True:
+            try: self._outcome(*self._done.get_nowait())
+            except queue.Empty: break
+        out = list(self.ready); self.ready.clear()
+        return out
+
+    def results(self):
+        "Yield results as they finish until nothing is pending."
+        while (r := self.next()) is not None: yield r
+
+    def close(self):
+        "Stop the workers (calls in flight are abandoned), count unclaimed journal entries if asked, close the files."
+        self._stop.set()
+        for _ in self._workers: self._todo.put(None)
+        if self.count_journal:
+            for i, (_, old) in self.previous.items():
+                if i not in self.claimed: self.client._count(old, resumed=True); self.client._spend(old)
+        if hasattr(self.client.backend, "endpoint_stats"): self.client.stats["endpoints"] = self.client.backend.endpoint_stats()
+        self.pbar.close()
+        if self.writer: self.sync(force=True); os.close(self._sync_fd); self._sync_fd = None; self.writer.close()
+        with self._sent_lock:
+            if self.sent_log: self.sent_log.close(); self.sent_log = None
+
+@patch
+def session(self: LLMClient, journal=None, desc: str = "llm", progress: bool = True, total: int|None = None,
+            count_journal: bool = False) -> LLMSession:
+    "An `LLMSession` on this client (see its parameters): submit requests one by one, take results as they finish."
+    return LLMSession(self, journal, desc, progress, total, count_journal)
+
 # %% ../nbs/02_llm.ipynb #e4044ed6
 @patch
 def run(self: LLMClient,
@@ -443,49 +691,10 @@ def run(self: LLMClient,
     reqs = [r if isinstance(r, LLMRequest) else LLMRequest(**r) for r in requests]
     dups = [i for i, n in Counter(r.id for r in reqs).items() if n > 1]
     if dups: raise ValueError(f"duplicate request ids in one run: {', '.join(dups[:5])}{' ...' if len(dups) > 5 else ''}")
-    self.last_stats = _new_stats()
-    keys = {r.id: request_key(self.backend, r) for r in reqs}
     results: dict[str, LLMResult] = {}
-    previous = load_journal(journal) if journal else {}
-    writer = JsonlAppender(journal, fsync=False) if journal else None
-    sync_fd = os.open(writer.path, os.O_RDONLY) if writer else None
-    pbar = tqdm(total=len(reqs), desc=desc, mininterval=0.5, dynamic_ncols=True, disable=not progress)
-    last_sync = time.monotonic()
-    def finish(req, res, resumed=False):
-        results[req.id] = res; self._count(res, resumed); pbar.update(1)
-        if writer and not resumed: writer.append({"request_key": keys[req.id], **asdict(res)})
-    def sync(force=False):
-        nonlocal last_sync
-        if sync_fd is not None and (force or time.monotonic() - last_sync > 0.5): os.fsync(sync_fd); last_sync = time.monotonic()
-    try:
-        todo = []
-        for r in reqs:                                   # 1. journal, 2. cache
-            k, old = previous.get(r.id, (None, None))
-            if old is not None and k == keys[r.id] and (old.ok or not self.retry_failed):
-                finish(r, LLMResult(**{**asdict(old), "generation": old.generation, "cached": True, "attempts": 0,
-                                       "meta": r.meta}), resumed=True)
-            elif self.cache is not None and (hit := self.cache.get(keys[r.id])) is not None:
-                finish(r, LLMResult(r.id, "ok", hit["text"], None, hit.get("finish_reason"), hit.get("usage", {}),
-                                    Generation.from_dict(hit["generation"]), True, 0, r.meta))
-            else: todo.append(r)
-        sync(force=True)
-        by_key: dict[str, list] = {}                        # 3. identical requests share one call
-        for r in todo: by_key.setdefault(keys[r.id], []).append(r)
-        leaders = [rs[0] for rs in by_key.values()]
-        for req, comp, err, attempts in self._backend_outcomes(leaders):  # 4. the backend
-            res = self._result(req, comp, err, attempts)
-            if res.ok and self.cache is not None:
-                self.cache.put(keys[req.id], {"text": res.text, "finish_reason": res.finish_reason, "usage": res.usage,
-                                              "generation": asdict(res.generation)})
-            finish(req, res)
-            for f in by_key[keys[req.id]][1:]:
-                finish(f, LLMResult(**{**asdict(res), "id": f.id, "generation": res.generation, "cached": True,
-                                       "attempts": 0, "meta": f.meta}))
-            pbar.set_postfix(ok=self.last_stats["ok"], failed=self.last_stats["failed"], refresh=False)
-            sync()
-    finally:
-        pbar.close()
-        if writer: sync(force=True); os.close(sync_fd); writer.close()
+    with self.session(journal, desc, progress, total=len(reqs)) as s:
+        for r in reqs: s.submit(r)
+        for res in s.results(): results[res.id] = res
     out = [results[r.id] for r in reqs]
     assert self.last_stats["ok"] + self.last_stats["failed"] == len(reqs) == len(out)
     return out

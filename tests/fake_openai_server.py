@@ -68,12 +68,15 @@ class FakeOpenAIServer:
                  fault_plan: Callable[[dict, int], str|None]|None = None,  # (request JSON, attempt) -> "ok", an OUTCOME or
                                                                            # an HTTP status such as "404"; overrides the dice
                  timeout_sleep: float = 2.0,    # how long a `timeout` fault holds the connection
+                 tail_rate: float = 0.0,        # fraction of attempts that take `tail_latency` instead of `latency`
+                 tail_latency: float = 2.0,     # the slow tail's latency, seconds (decided per body and attempt)
                  retry_after: float|None = None,  # `Retry-After` seconds sent with 429s
                  api_key: str|None = None,      # if set, requests must carry `Authorization: Bearer <api_key>`, else 401
                  models: list[str]|None = None, # if set, other model names get 404
                  leak_auth: bool = False,       # echo the Authorization header in error bodies (tests that clients scrub it)
                  host: str = "127.0.0.1", port: int = 0):
         self.latency, self.seed, self.timeout_sleep, self.retry_after = latency, seed, timeout_sleep, retry_after
+        self.tail_rate, self.tail_latency = tail_rate, tail_latency
         self.rates = dict(zip(OUTCOMES, (rate_429, rate_500, rate_timeout, rate_drop, rate_malformed)))
         if sum(self.rates.values()) > 1: raise ValueError(f"fault rates add up to more than 1: {self.rates}")
         self.responder, self.fault_plan = responder or echo_responder, fault_plan
@@ -121,6 +124,14 @@ class FakeOpenAIServer:
             acc += self.rates[outcome]
             if r < acc: return outcome
         return "ok"
+
+    def delay(self, body: bytes) -> float:
+        "Seconds to wait before answering this attempt: `latency`, or `tail_latency` for a `tail_rate` share (seeded dice)."
+        if not self.tail_rate: return self.latency
+        h = hashlib.sha256(body).hexdigest()
+        with self._lock: attempt = self._attempts[h]
+        slow = random.Random(f"{self.seed}:latency:{h}:{attempt}").random() < self.tail_rate
+        return self.tail_latency if slow else self.latency
 
     def count(self, outcome: str):
         with self._lock: self.counters[outcome] += 1
@@ -184,7 +195,7 @@ class FakeOpenAIServer:
                 if server.models is not None and req["model"] not in server.models:
                     server.count("404"); return self._error(404, "model_not_found", f"model {req['model']!r} does not exist")
                 outcome = server.decide(body, req)
-                if server.latency: time.sleep(server.latency)
+                if (pause := server.delay(body)): time.sleep(pause)
                 server.count(outcome)
                 if outcome == "429":
                     hdr = {"Retry-After": str(server.retry_after)} if server.retry_after is not None else None
@@ -214,9 +225,12 @@ def main(argv=None):
     for o in OUTCOMES: p.add_argument(f"--rate-{o}", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout-sleep", type=float, default=2.0)
+    p.add_argument("--tail-rate", type=float, default=0.0, help="share of answers that take --tail-latency")
+    p.add_argument("--tail-latency", type=float, default=2.0)
     p.add_argument("--api-key-env", default="", help="name of an env var holding the key requests must carry")
     a = p.parse_args(argv)
     srv = FakeOpenAIServer(latency=a.latency, seed=a.seed, timeout_sleep=a.timeout_sleep, port=a.port,
+                           tail_rate=a.tail_rate, tail_latency=a.tail_latency,
                            api_key=os.environ[a.api_key_env] if a.api_key_env else None,
                            **{f"rate_{o}": getattr(a, f"rate_{o}") for o in OUTCOMES})
     print(f"READY {srv.url}", flush=True)

@@ -126,6 +126,49 @@ def test_sigkilled_run_resumes_without_loss_or_duplicates(tmp_path):
     # the journal holds every id exactly once (nothing lost, nothing duplicated)
     ids = [json.loads(line)["id"] for line in (killed/"journal.jsonl").read_text().splitlines()]
     assert sorted(ids) == sorted(f"r{i}" for i in range(n)) and len(ids) == n
+    # the totals are the uninterrupted run's, up to the requests in flight at the kill (sent twice, counted as resent)
+    ref_stats = json.loads(ref.stdout.strip().splitlines()[-1])
+    mine, theirs = {r["id"]: r for r in resumed}, {r["id"]: r for r in reference}
+    resent = {i for i, r in mine.items() if r["resent"]}
+    assert 1 <= stats["resent"] == len(resent) <= 4 and not resent & set(journaled)   # at most one per worker thread
+    def without(st, rows):
+        left = {k: st[k] - sum(r["usage"].get(k, 0) for r in rows) for k in ("prompt_tokens", "completion_tokens")}
+        left["backend_calls"] = st["backend_calls"] - sum(r["attempts"] for r in rows)
+        retries = Counter(st["retries_by_reason"])
+        for r in rows: retries.subtract(r["retries"])
+        return {**left, "retries": +retries}
+    assert without(stats, [mine[i] for i in resent]) == without(ref_stats, [theirs[i] for i in resent])
+    assert stats["resent_usage"]["backend_calls"] == sum(mine[i]["attempts"] for i in resent)
+    assert set(ref_stats["retries_by_reason"]) == {"http_500", "http_429"}
+
+
+class Busy:
+    "A responder that records how many requests it is answering at once (the server's view of concurrency)."
+    def __init__(self, delay: float):
+        self.delay, self.now, self.peak, self.lock = delay, 0, 0, threading.Lock()
+    def __call__(self, req):
+        with self.lock: self.now += 1; self.peak = max(self.peak, self.now)
+        time.sleep(self.delay)
+        with self.lock: self.now -= 1
+        return echo_responder(req)
+
+
+def test_endpoints_share_the_load_within_their_limits_and_the_cache(tmp_path):
+    "Two replicas, at most 3 requests each in flight; a later run against the first one alone is served by the cache."
+    a_busy, b_busy = Busy(0.02), Busy(0.02)
+    with FakeOpenAIServer(responder=a_busy) as a, FakeOpenAIServer(responder=b_busy) as b:
+        fleet = make_backend("openai", "fake", base_url=[a.url, b.url], api_key_env="", endpoint_concurrency=3)
+        client = LLMClient(fleet, cache=tmp_path/"c.sqlite", concurrency=8)
+        res = client.run(_reqs(120), progress=False)
+        assert all(r.ok for r in res)
+        assert a_busy.peak == b_busy.peak == 3                      # the limit held, and was reached on both
+        assert a.requests + b.requests == 120 and min(a.requests, b.requests) >= 40
+        eps = client.stats["endpoints"]
+        assert [eps[u]["ok"] for u in (a.url, b.url)] == [a.requests, b.requests]
+        assert all(eps[u]["mean_latency_s"] >= 0.02 for u in (a.url, b.url))
+        alone = LLMClient(make_backend("openai", "fake", base_url=a.url, api_key_env=""), cache=tmp_path/"c.sqlite")
+        again = alone.run(_reqs(120), progress=False)
+        assert a.requests + b.requests == 120 and all(r.cached for r in again)   # which replica answered is not in the key
 
 
 # (c) ------------------------------------------------------------------------------------------------------------

@@ -117,7 +117,8 @@ RUNNER = textwrap.dedent("""
     from selfinstruct_nb.llm import LLMClient, make_backend
     url, out, cache = sys.argv[1:4]
     client = LLMClient(make_backend("openai", "teacher", base_url=url, api_key_env=""), cache=cache)
-    s = bootstrap(client, data.seed_tasks(), out, num_instructions=300, seed=0, max_rounds=100, progress=False)
+    s = bootstrap(client, data.seed_tasks(), out, num_instructions=300, seed=0, max_rounds=100, schedule="step",
+                  progress=False)
     print("DONE", s["kept"], flush=True)
 """)
 
@@ -133,10 +134,10 @@ class SlowSteps:
 
 
 def test_sigkill_resume(tmp_path, seeds):
-    "A bootstrap process SIGKILLed in the middle of a step and restarted ends with the pool an uninterrupted run makes."
+    "A step-schedule bootstrap SIGKILLed in the middle of a step and restarted ends with the pool an uninterrupted run makes."
     with FakeOpenAIServer(responder=SelfInstructResponder()) as srv:
         ref = bootstrap(client_for(srv.url, tmp_path/"ref.sqlite"), seeds, tmp_path/"ref", num_instructions=300,
-                        seed=0, max_rounds=100, progress=False)
+                        seed=0, max_rounds=100, schedule="step", progress=False)
         ref_requests = srv.requests
     slow = SlowSteps(SelfInstructResponder(), first=27, last=32, delay=3.0)   # step 3 (8 requests a step): 2 answered, 6 held
     with FakeOpenAIServer(responder=slow) as srv:
@@ -158,19 +159,22 @@ def test_sigkill_resume(tmp_path, seeds):
     assert len(set(machine_pool(out))) == 300
     assert read_jsonl(out/"candidates.jsonl") == read_jsonl(tmp_path/"ref"/"candidates.jsonl")
     assert [r["step"] for r in read_jsonl(out/"rounds.jsonl")] == list(range(ref["rounds"]))
-    # only the step in flight was asked again: its 2 finished answers came from the cache, the 6 held ones were redone
+    # only the step in flight was asked again: its 2 finished answers came from the journal, the 6 held ones were redone
     assert total == ref_requests + 6
 
 
 @pytest.mark.slow
 def test_pipeline_notebooks(tmp_path):
-    "Stages 10, 11 and 12 as papermill notebooks against the test server (the openai backend, chat off)."
+    """Stages 10, 11 and 12 as papermill notebooks against the test server (the openai backend, chat off); stage 10 is
+    given two endpoints, one of which answers 500 to everything."""
     pm = Path(sys.executable).parent/"papermill"
-    with FakeOpenAIServer(responder=SelfInstructResponder()) as srv:
+    with FakeOpenAIServer(responder=SelfInstructResponder()) as srv, FakeOpenAIServer(rate_500=1.0) as bad:
         common = ["-p", "run_dir", str(tmp_path/"run"), "-p", "backend", "openai", "-p", "model", "teacher",
-                  "-p", "base_url", srv.url, "-p", "api_key_env", "", "-p", "cache", str(tmp_path/"llm.sqlite")]
-        for stage, extra in [("10_bootstrap", ["-p", "num_instructions", "25", "-p", "max_rounds", "10"]),
-                             ("11_classify", []), ("12_instances", ["-p", "max_tokens", "0"])]:
+                  "-p", "api_key_env", "", "-p", "cache", str(tmp_path/"llm.sqlite")]
+        for stage, extra in [("10_bootstrap", ["-p", "num_instructions", "25", "-p", "max_rounds", "10",
+                                               "-p", "base_url", f"{bad.url},{srv.url}"]),
+                             ("11_classify", ["-p", "base_url", srv.url]),
+                             ("12_instances", ["-p", "base_url", srv.url, "-p", "max_tokens", "0"])]:
             r = subprocess.run([str(pm), str(ROOT/"nbs"/"pipeline"/f"{stage}.ipynb"), str(tmp_path/f"{stage}.ipynb"),
                                 "-k", "python3", "--log-level", "WARNING", *common, *extra],
                                env=ENV, capture_output=True, text=True, timeout=300)
@@ -183,3 +187,7 @@ def test_pipeline_notebooks(tmp_path):
     assert m12["tasks"] == 25 and m12["with_instances"] == 25
     assert (tmp_path/"run"/"figures"/"bootstrap_pool_growth.png").exists()
     assert m10["llm"]["failed"] == m11["llm"]["failed"] == m12["llm"]["failed"] == 0
+    assert m10["params"]["schedule"] == "window"
+    eps = m10["llm"]["endpoints"]
+    assert set(eps) == {bad.url, srv.url} and eps[bad.url]["ok"] == 0 and eps[srv.url]["ok"] == m10["llm"]["requests"]
+    assert m10["llm"]["retries_by_reason"] == {"http_500": eps[bad.url]["failed"]} and eps[bad.url]["circuit_opened"] >= 1

@@ -1,0 +1,96 @@
+"""Throughput of the bootstrap (`bootstrap.bootstrap`) in its two schedules, as a ratio of the ideal, in one run.
+
+One process runs the project's test server (`tests/fake_openai_server.py`, Self-Instruct's responder from
+`tests/responders.py`) with a latency distribution that has a tail (by default a median of 200 ms, 10% of answers
+at 2 s) and 10% injected faults (429, 500, dropped connections; retried with the client's backoff), and grows a pool
+with the same number of requests in each schedule at concurrency 32:
+
+- `step`: the paper's loop, `requests_per_round = concurrency` requests per step, each step waiting for its slowest;
+- `window`: `concurrency` requests in flight at all times, answers committed in request order.
+
+For each it prints requests/s and the ratio to the ideal `concurrency / mean latency`, where the mean latency is
+that of the run's own requests as the client saw them (send to result: the tail, the faults, the retries and their
+backoff included), so the ratio measures what the schedule wastes and nothing else. The last lines are
+`windowed ratio to ideal: X` and a rerun of the window schedule from the warm cache into a new folder: the HTTP
+requests it sent (goal 0) and whether it built the identical pool.
+
+    SELFINSTRUCT_DATA=../shared/data python bench/bootstrap_throughput.py [--concurrency 32] [--requests 960] [--window 256]
+"""
+from __future__ import annotations
+import argparse, os, statistics, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT/"tests"))
+from fake_openai_server import FakeOpenAIServer  # noqa: E402
+from responders import SelfInstructResponder  # noqa: E402
+from selfinstruct_nb import data  # noqa: E402
+from selfinstruct_nb.bootstrap import bootstrap  # noqa: E402
+from selfinstruct_nb.core import read_jsonl  # noqa: E402
+from selfinstruct_nb.llm import LLMClient, make_backend  # noqa: E402
+
+
+class RecordingClient(LLMClient):
+    "An `LLMClient` that keeps its sessions, to read their per-request latencies afterwards."
+    def session(self, *a, **kw):
+        s = super().session(*a, **kw)
+        self.sessions = getattr(self, "sessions", []) + [s]
+        return s
+
+
+def run(url, seeds, out, cache, schedule, a) -> dict:
+    client = RecordingClient(make_backend("openai", "teacher", base_url=url, api_key_env=""), cache=cache,
+                             concurrency=a.concurrency)
+    rounds = a.requests // a.concurrency
+    t0 = time.perf_counter()
+    s = bootstrap(client, seeds, out, num_instructions=10**7, seed=0, requests_per_round=a.concurrency,
+                  max_rounds=rounds, schedule=schedule, window=a.window, progress=False)
+    dt = time.perf_counter() - t0
+    lat = [x for sess in client.sessions for x in sess.latencies]
+    n = s["requests"] + s["requests_past_stop"]
+    mean = statistics.fmean(lat) if lat else float("nan")
+    pool = [t["instruction"] for t in read_jsonl(Path(out)/"machine_instructions.jsonl")]
+    return dict(requests=n, seconds=dt, rps=n / dt, mean_latency=mean, ideal=a.concurrency / mean if lat else float("nan"),
+                sent=len(lat), stats=client.stats, pool=pool, summary=s)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=960, help="requests per schedule (a multiple of concurrency)")
+    ap.add_argument("--window", type=int, default=256, help="window schedule: how far behind the pool a prompt may look")
+    ap.add_argument("--latency", type=float, default=0.2, help="the usual answer's latency, seconds (the median)")
+    ap.add_argument("--tail-rate", type=float, default=0.1)
+    ap.add_argument("--tail-latency", type=float, default=2.0)
+    ap.add_argument("--faults", type=float, default=0.1, help="share of attempts answered 429, 500 or dropped")
+    a = ap.parse_args(argv)
+    seeds = data.seed_tasks()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-bootstrap-"))
+    load0 = os.getloadavg()[0]
+    f = a.faults / 5
+    with FakeOpenAIServer(responder=SelfInstructResponder(), latency=a.latency, tail_rate=a.tail_rate,
+                          tail_latency=a.tail_latency, rate_429=2 * f, rate_500=2 * f, rate_drop=f, seed=0) as srv:
+        nominal = a.latency * (1 - a.tail_rate) + a.tail_latency * a.tail_rate
+        print(f"server: {a.latency * 1000:.0f} ms answers, {a.tail_rate:.0%} at {a.tail_latency:.1f} s (mean of one attempt "
+              f"{nominal:.3f} s), {a.faults:.0%} faults "
+              f"(429, 500, dropped); concurrency {a.concurrency}, {a.requests} requests per schedule, window {a.window}; "
+              f"{os.cpu_count()} CPUs, load average before {load0:.2f}", flush=True)
+        print(f"{'schedule':>8} {'requests':>8} {'seconds':>8} {'req/s':>7} {'mean latency':>12} {'ideal req/s':>11} {'ratio':>6}")
+        res = {}
+        for schedule in ("step", "window"):
+            r = res[schedule] = run(srv.url, seeds, tmp/schedule, tmp/f"{schedule}.sqlite", schedule, a)
+            print(f"{schedule:>8} {r['requests']:>8} {r['seconds']:>8.2f} {r['rps']:>7.1f} {r['mean_latency']:>11.3f}s "
+                  f"{r['ideal']:>11.1f} {r['rps'] / r['ideal']:>6.2f}", flush=True)
+        w = res["window"]
+        print(f"retries by reason (window run): {w['stats']['retries_by_reason']}; failed requests: {w['stats']['failed']}")
+        print(f"windowed ratio to ideal: {w['rps'] / w['ideal']:.2f}")
+        print(f"window over step: {w['rps'] / res['step']['rps']:.2f}x requests/s")
+        before = srv.requests
+        again = run(srv.url, seeds, tmp/"window-rerun", tmp/"window.sqlite", "window", a)
+        print(f"rerun from the cache: {srv.requests - before} HTTP requests, {again['seconds']:.2f} s, "
+              f"identical pool: {again['pool'] == w['pool']} ({len(w['pool'])} instructions)")
+    print(f"load average after {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

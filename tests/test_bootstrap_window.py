@@ -1,0 +1,145 @@
+"""The window schedule of the bootstrap against the fault-injecting test server: a SIGKILLed run that resumes to the
+pool, the candidate rows and the accounting of an uninterrupted one; a rerun from the cache; two endpoints, one broken."""
+from __future__ import annotations
+import json, os, signal, subprocess, sys, textwrap, time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from selfinstruct_nb import data
+from selfinstruct_nb.bootstrap import bootstrap
+from selfinstruct_nb.core import Task, read_jsonl, project_root
+from selfinstruct_nb.llm import LLMClient, load_journal, make_backend
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_openai_server import FakeOpenAIServer
+from responders import SelfInstructResponder
+
+ROOT = project_root()
+ENV = {**os.environ, "SELFINSTRUCT_ROOT": str(ROOT)}
+SETTINGS = dict(num_instructions=300, seed=0, requests_per_round=4, window=16, max_rounds=100, schedule="window")
+FAULTS = dict(latency=0.003, rate_500=0.06, rate_429=0.04, seed=4)
+TOTALS = ("backend_calls", "prompt_tokens", "completion_tokens", "retries")
+
+
+@pytest.fixture(scope="module")
+def seeds():
+    return data.seed_tasks()
+
+
+def client_for(url: str, cache, **kw) -> LLMClient:
+    return LLMClient(make_backend("openai", "teacher", base_url=url, api_key_env=""), cache=cache, concurrency=8,
+                     backoff_base=0.01, backoff_max=0.05, prices={"prompt": 0.5, "completion": 1.5}, **kw)
+
+
+def pool(stage: Path) -> list[str]:
+    return [t.instruction for t in read_jsonl(stage/"machine_instructions.jsonl", validate=Task.from_dict)]
+
+
+RUNNER = textwrap.dedent(f"""
+    import json, sys
+    sys.path.insert(0, {str(Path(__file__).parent)!r})
+    from test_bootstrap_window import client_for, SETTINGS
+    from selfinstruct_nb import data
+    from selfinstruct_nb.bootstrap import bootstrap
+    url, out, cache = sys.argv[1:4]
+    client = client_for(url, cache)
+    s = bootstrap(client, data.seed_tasks(), out, progress=False, **SETTINGS)
+    print("STATS", json.dumps(client.stats), flush=True)
+    print("DONE", s["kept"], flush=True)
+""")
+
+
+class Hold:
+    "A responder that holds answers `first`..`last` (1-based calls) for `delay` seconds: requests caught in flight."
+    def __init__(self, first: int, last: int, delay: float):
+        self.responder, self.first, self.last, self.delay, self.calls = SelfInstructResponder(), first, last, delay, 0
+    def __call__(self, req):
+        self.calls += 1
+        if self.first <= self.calls <= self.last: time.sleep(self.delay)
+        return self.responder(req)
+
+
+def per_request(journal: Path) -> dict:
+    "id -> (attempts, usage, retries) of each journaled answer."
+    return {i: (r.attempts, r.usage, r.retries, r.resent) for i, (_, r) in load_journal(journal).items()}
+
+
+def test_sigkilled_window_run_resumes_to_the_same_pool_rows_and_totals(tmp_path, seeds):
+    with FakeOpenAIServer(responder=SelfInstructResponder(), **FAULTS) as srv:
+        ref_client = client_for(srv.url, tmp_path/"ref.sqlite")
+        ref = bootstrap(ref_client, seeds, tmp_path/"ref", progress=False, **SETTINGS)
+    assert ref["kept"] == 300 and ref["requests_failed"] == 0 and ref["stop_reason"] == "reached_n"
+
+    hold = Hold(first=30, last=35, delay=4.0)
+    with FakeOpenAIServer(responder=hold, **FAULTS) as srv:
+        out, cache = tmp_path/"killed", tmp_path/"killed.sqlite"
+        cmd = [sys.executable, "-c", RUNNER, srv.url, str(out), str(cache)]
+        p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while time.time() - t0 < 60 and p.poll() is None and hold.calls < 35: time.sleep(0.01)
+        time.sleep(0.3)
+        assert p.poll() is None, f"finished before it could be killed: {p.communicate()}"
+        p.send_signal(signal.SIGKILL); p.wait()
+        committed = len(read_jsonl(out/"rounds.jsonl", skip_torn_tail=True))
+        assert 0 < committed < ref["requests"]                    # killed midway
+        sent = {json.loads(l)["id"] for l in (out/"llm_journal.jsonl.sent").read_text().splitlines()}
+        in_flight = sent - set(load_journal(out/"llm_journal.jsonl"))
+        assert 6 <= len(in_flight) <= 8                          # the held ones at least, at most `concurrency`
+        p2 = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+        assert p2.returncode == 0, p2.stderr[-2000:]
+        assert "DONE 300" in p2.stdout
+    stats = json.loads(next(l for l in p2.stdout.splitlines() if l.startswith("STATS"))[6:])
+
+    # the identical pool, and every candidate row once, in the same order
+    assert pool(out) == pool(tmp_path/"ref") and len(set(pool(out))) == 300
+    assert read_jsonl(out/"candidates.jsonl") == read_jsonl(tmp_path/"ref"/"candidates.jsonl")
+    assert [r["i"] for r in read_jsonl(out/"rounds.jsonl")] == list(range(ref["requests"]))
+    # the same accounting, up to the requests in flight at the kill, which were really sent twice
+    mine, theirs = per_request(out/"llm_journal.jsonl"), per_request(tmp_path/"ref"/"llm_journal.jsonl")
+    resent = {i for i, v in mine.items() if v[3]}
+    assert resent == in_flight and stats["resent"] == len(in_flight)
+    assert set(mine) == set(theirs) and stats["requests"] == ref_client.stats["requests"] == len(theirs)
+    assert {i: v[:3] for i, v in mine.items() if i not in resent} == {i: v[:3] for i, v in theirs.items() if i not in resent}
+    def minus(st, rows):   # totals without some requests' share
+        out = {"backend_calls": st["backend_calls"] - sum(r[0] for r in rows),
+               "prompt_tokens": st["prompt_tokens"] - sum(r[1].get("prompt_tokens", 0) for r in rows),
+               "completion_tokens": st["completion_tokens"] - sum(r[1].get("completion_tokens", 0) for r in rows),
+               "retries": Counter(st["retries_by_reason"])}
+        for r in rows: out["retries"].subtract(r[2])
+        out["retries"] = +out["retries"]
+        return out
+    assert minus(stats, [mine[i] for i in resent]) == minus(ref_client.stats, [theirs[i] for i in resent])
+    assert stats["resent_usage"]["backend_calls"] == sum(mine[i][0] for i in resent)
+    assert ref_client.stats["retries"] > 0 and set(ref_client.stats["retries_by_reason"]) == {"http_500", "http_429"}
+    cost = lambda st: st["est_cost_usd"] - (st["prompt_tokens"] * 0.5 + st["completion_tokens"] * 1.5) / 1000
+    assert abs(cost(stats)) < 1e-6 and abs(cost(ref_client.stats)) < 1e-6
+
+
+def test_rerun_from_the_cache_sends_nothing(tmp_path, seeds):
+    with FakeOpenAIServer(responder=SelfInstructResponder(), latency=0.002, tail_rate=0.2, tail_latency=0.03) as srv:
+        first = bootstrap(client_for(srv.url, tmp_path/"c.sqlite"), seeds, tmp_path/"a", progress=False,
+                          **{**SETTINGS, "num_instructions": 120})
+        n = srv.requests
+        again = client_for(srv.url, tmp_path/"c.sqlite")
+        second = bootstrap(again, seeds, tmp_path/"b", progress=False, **{**SETTINGS, "num_instructions": 120})
+        assert srv.requests == n and again.stats["backend_calls"] == 0
+    assert pool(tmp_path/"a") == pool(tmp_path/"b") and len(pool(tmp_path/"a")) == 120
+    assert first == second and first["requests_past_stop"] == SETTINGS["window"]   # the same requests, all from the cache
+
+
+def test_two_endpoints_one_broken(tmp_path, seeds):
+    "One endpoint answers 500 to everything: it leaves the rotation, the run completes on the other, both are reported."
+    with FakeOpenAIServer(rate_500=1.0) as bad, FakeOpenAIServer(responder=SelfInstructResponder()) as good:
+        client = client_for(f"{bad.url},{good.url}", None)
+        s = bootstrap(client, seeds, tmp_path/"run", progress=False, **{**SETTINGS, "num_instructions": 100})
+        assert bad.counters["500"] == bad.requests >= 5
+    assert s["kept"] == 100 and s["requests_failed"] == 0
+    eps = client.stats["endpoints"]
+    assert set(eps) == {bad.url, good.url}
+    assert (eps[bad.url]["ok"], eps[bad.url]["failed"]) == (0, bad.requests)
+    assert eps[bad.url]["circuit_opened"] >= 1 and not eps[bad.url]["in_rotation"]
+    assert eps[good.url]["ok"] == good.requests == client.stats["requests"] and eps[good.url]["failed"] == 0
+    assert eps[good.url]["mean_latency_s"] > 0 and eps[good.url]["p95_latency_s"] >= eps[good.url]["p50_latency_s"]
+    assert client.stats["retries_by_reason"] == {"http_500": bad.requests}
