@@ -576,7 +576,7 @@ def build_parser(pipeline_dir=None, settings_path=None, full_help: bool = True) 
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(prog="selfinstruct-nb", formatter_class=fmt, epilog=epilog,
         description="Run the Self-Instruct / GPT-4-LLM / Orca pipeline notebooks (nbs/pipeline) with a profile from settings.ini.")
-    sub = ap.add_subparsers(dest="cmd", metavar="{run,sweep,list,params}")
+    sub = ap.add_subparsers(dest="cmd", metavar="{run,list,params,sweep}")
     r = sub.add_parser("run", help="run a profile's stages with papermill into outputs/<profile>-<time>/",
                        formatter_class=fmt, epilog=epilog, description="Run a profile's stage notebooks in order.")
     r.add_argument("profile", help="a profile (section) of settings.ini")

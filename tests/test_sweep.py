@@ -142,3 +142,17 @@ def test_smoke_2x2_shared_bootstrap():
                    (sweep/"_shared"/"10_bootstrap"/"candidates.jsonl").read_bytes()
     finally:
         shutil.rmtree(sweep, ignore_errors=True)
+
+
+def test_failing_point_does_not_stop_the_others(toy):
+    "One point's stage raises: it is reported with its error, the other point finishes, the exit code is 1."
+    r = cli(toy, "sweep", "toy", "-p", "20_sum.fail=[True,False]", "--workers", "1", "--metric", "20_sum.sum.total")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"00-fail=true: failed in [\d.]+ s: stage 20_sum failed .*failed on purpose", r.stdout), r.stdout
+    assert "01-fail=false: ok" in r.stdout and "1 of 2 point(s) failed" in r.stdout
+    sweep = next((toy/"outputs").glob("sweep-toy-*"))
+    man = read(sweep/"sweep.json")
+    assert man["status"] == "failed" and [q["status"] for q in man["points"]] == ["failed", "ok"]
+    assert man["shared_stages"] == ["10_make"] and man["shared"]["status"] == "ok"
+    rows = list(csv.DictReader(open(sweep/"results.csv")))
+    assert [(r["status"], r["20_sum.sum.total"]) for r in rows] == [("failed", ""), ("ok", "3.0")]
