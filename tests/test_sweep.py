@@ -70,8 +70,10 @@ def read(p):
     except (OSError, ValueError): return None
 
 
-def test_interrupt_and_resume(toy):
-    "Ctrl-C (SIGINT to the sweep's process group) mid-sweep, then --resume: finished points are not run again."
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)], ids=["SIGINT", "SIGKILL"])
+def test_interrupt_and_resume(toy, sig):
+    """Ctrl-C (SIGINT to the sweep's process group) or SIGKILL mid-sweep, then --resume: finished points are not run
+    again. After SIGKILL the sweep cannot write its manifest, but its points notice they are orphans and stop."""
     args = ["sweep", "toy", "-p", "10_make.wait=[0.0,0.1,6.0,6.1]", "-p", "n=3", "--workers", "2", "--metric", "20_sum.sum.total"]
     env = {**os.environ, "SELFINSTRUCT_ROOT": str(toy)}
     p = subprocess.Popen([str(SCRIPT), *args], cwd=toy, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -85,15 +87,19 @@ def test_interrupt_and_resume(toy):
             return all(m and m["stages"].get("10_make", {}).get("status") == "running" for m in mans)
         wait_for(slow_points_in_stage, 180, "points 0-1 finished and points 2-3 inside 10_make")
         time.sleep(1.0)
-        os.killpg(p.pid, signal.SIGINT)
+        os.killpg(p.pid, sig)
         out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None: os.killpg(p.pid, signal.SIGKILL); p.wait()
-    assert p.returncode == 130, out + err
-    assert "interrupted" in err and "--resume" in out
     man = read(sweep/"sweep.json")
-    assert man["status"] == "interrupted"
-    assert [q["status"] for q in man["points"]] == ["ok", "ok", "interrupted", "interrupted"]
+    if sig == signal.SIGINT:
+        assert p.returncode == 130, out + err
+        assert "interrupted" in err and "--resume" in out
+        assert man["status"] == "interrupted"
+        assert [q["status"] for q in man["points"]] == ["ok", "ok", "interrupted", "interrupted"]
+    else:
+        assert p.returncode == -signal.SIGKILL and man["status"] == "running"
+        wait_for(lambda: not any((sweep/q["name"]/"point.pid").exists() for q in man["points"]), 60, "the orphaned points to stop")
     for q in man["points"][2:]:   # each interrupted point's own run manifest says so too, and no child is left
         m = read(sweep/q["name"]/"manifest.json")
         assert m["status"] == "interrupted" and m["stages"]["10_make"]["status"] == "interrupted"
@@ -106,6 +112,7 @@ def test_interrupt_and_resume(toy):
     assert {f: f.stat().st_mtime_ns for f in finished} == finished   # nothing of the finished points was rewritten
     man = read(sweep/"sweep.json")
     assert man["status"] == "ok" and man["resumed"] and [q["status"] for q in man["points"]] == ["ok"] * 4
+    assert man["workers"] == 2 and man["command"] == ["selfinstruct-nb", *args]   # the resumed sweep's own settings
     rows = list(csv.DictReader(open(sweep/"results.csv")))
     assert [float(r["20_sum.sum.total"]) for r in rows] == [3.0] * 4
     assert [float(r["10_make.wait"]) for r in rows] == [0.0, 0.1, 6.0, 6.1]
