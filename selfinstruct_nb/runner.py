@@ -435,6 +435,7 @@ def run_profile(profile: str,                       # a section of settings.ini
                 *, pipeline_dir=None,               # default `nbs/pipeline`
                 settings_path=None,                 # default `settings.ini`
                 outputs_dir=None,                   # default `outputs`
+                run_dir=None,                       # run into this folder (made if missing; `resume` continues it) instead of a new one
                 kernel: str = KERNEL,               # Jupyter kernel to run the notebooks on
                 dry_run: bool = False,              # check and print the plan, run nothing
                 progress_bar: bool = True,          # papermill's per-cell progress bar
@@ -458,6 +459,9 @@ def run_profile(profile: str,                       # a section of settings.ini
     if not kinfo["same_env_as_runner"]:
         say(f"warning: kernel '{kernel}' runs {kinfo['python']}, not this environment's {sys.executable}; "
             f"re-register it from this environment: python -m ipykernel install --user --name {kernel}")
+    if run_dir is not None:
+        run_dir = Path(run_dir).absolute(); run_dir.mkdir(parents=True, exist_ok=True)
+        if resume: resume = run_dir
     if resume:
         run_dir = latest_run_dir(outputs_dir, profile) if resume is True else Path(resume).absolute()
         if run_dir is None: raise ConfigError(f"--resume: no earlier run {_rel(outputs_dir)}/{profile}-* to continue")
@@ -465,7 +469,7 @@ def run_profile(profile: str,                       # a section of settings.ini
         old = json.loads((run_dir/"manifest.json").read_text()) if (run_dir/"manifest.json").exists() else {}
         if old.get("profile", profile) != profile:
             raise ConfigError(f"--resume {_rel(run_dir)}: that run used profile '{old['profile']}', not '{profile}'")
-    else: run_dir, old = new_run_dir(outputs_dir, profile), {}
+    else: run_dir, old = (new_run_dir(outputs_dir, profile) if run_dir is None else run_dir), {}
     set_run_dir(plans, _rel(run_dir))
     from papermill import execute_notebook
     man = _Manifest(run_dir/"manifest.json", secrets, {
@@ -572,7 +576,7 @@ def build_parser(pipeline_dir=None, settings_path=None, full_help: bool = True) 
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(prog="selfinstruct-nb", formatter_class=fmt, epilog=epilog,
         description="Run the Self-Instruct / GPT-4-LLM / Orca pipeline notebooks (nbs/pipeline) with a profile from settings.ini.")
-    sub = ap.add_subparsers(dest="cmd", metavar="{run,list,params}")
+    sub = ap.add_subparsers(dest="cmd", metavar="{run,list,params,sweep}")
     r = sub.add_parser("run", help="run a profile's stages with papermill into outputs/<profile>-<time>/",
                        formatter_class=fmt, epilog=epilog, description="Run a profile's stage notebooks in order.")
     r.add_argument("profile", help="a profile (section) of settings.ini")
@@ -588,6 +592,8 @@ def build_parser(pipeline_dir=None, settings_path=None, full_help: bool = True) 
     sub.add_parser("list", help="list the stages and the profiles")
     pp = sub.add_parser("params", help="a stage's parameters and what each profile sets")
     pp.add_argument("stage")
+    from selfinstruct_nb.sweep import add_sweep_parser  # the sweep subcommand lives in 06_sweep
+    add_sweep_parser(sub, fmt, epilog)
     return ap
 
 # %% ../nbs/04_runner.ipynb #738fd5cf
@@ -631,6 +637,9 @@ def main(argv: Sequence[str]|None = None) -> int:
         if args.cmd == "run":
             run_profile(args.profile, args.param, args.only, args.resume, kernel=args.kernel, dry_run=args.dry_run,
                         progress_bar=not args.no_progress, argv=["selfinstruct-nb", *args_list])
+        elif args.cmd == "sweep":
+            from selfinstruct_nb.sweep import sweep_command
+            return sweep_command(args, argv=["selfinstruct-nb", *args_list])
         elif args.cmd == "list": _cmd_list(None, None, print)
         elif args.cmd == "params": _cmd_params(args.stage, None, None, print)
         else: ap.print_help(); return 2
