@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
 """Execute the library notebooks and commit their outputs; check that every cell that displays something has its output.
 
-Execution (the default) runs every cell of each notebook top to bottom, slow cells included, in the notebook's folder
-on a fresh kernel of this interpreter, as a reader in Jupyter would (no IN_TEST; MPLBACKEND unset so figures are drawn
-inline; TQDM_DISABLE=1 and PYTHONHASHSEED=0: no progress bars where a caller leaves tqdm's default, and a fixed hash
-order). It writes the outputs back into the notebook, without progress bars (a caller that asks for a bar still gets
-one when it runs: its elapsed times are not a result), and cleans it with nbdev's cleaner (`clear_all = false` in
-pyproject.toml keeps the outputs). A notebook whose cell fails is left untouched; the tool names the cell and error.
+Execution (the default) runs every cell of each notebook top to bottom, slow cells included (`#| eval: false` ones
+excepted, as nbdev does), in the notebook's folder on a fresh kernel of this interpreter, as a reader in Jupyter would:
+no IN_TEST, MPLBACKEND unset (figures drawn inline), PYTHONHASHSEED=0, TQDM_DISABLE=1 (bars off where a caller leaves
+tqdm's default). It writes the outputs back without progress bars or widget state (their elapsed times are not a
+result) and cleans the notebook with nbdev's cleaner, which keeps outputs (`clear_all = false` in pyproject.toml) and
+drops memory addresses from reprs. A notebook whose cell fails is left as it was; the tool names the cell and error.
 
-The check (`--check`) only reads the notebooks (under a second for all of them). A code cell *displays something* when,
-outside function and class bodies, it ends in an expression (not followed by `;`) other than a test call (`test_eq`,
-`test_fail`, `expect_fail`, ...), or it calls `print`/`display`, or it draws (calls `plot_*`, `plt.*`, `.plot(`...). Each
-such cell must carry its committed output (a drawing cell: an image). Every output must also be clean: no error,
-no warning, no progress bar, no absolute path, no memory address (`at 0x...`), and no image twice in one cell.
+The check (`--check`) only reads the notebooks (well under a second). A code cell *displays something* when, outside
+function and class bodies, it ends in an expression (not followed by `;`) other than a test call (`test_eq`,
+`test_fail`, `expect_fail`, ...) or a method that returns None (`.append`, `.tight_layout`, ...), or it calls
+`print`/`display`, or it draws (calls `plot_*`, `plt.*`, `.plot(`, `.bar(`...). Each such cell must carry its committed
+output (a drawing cell: an image). Every output must also be clean: no error, no stderr (warnings, log lines), no
+progress bar, no absolute path, no memory address, no image twice in one cell. It prints the counts per notebook and
+in total, then one line per problem; exit 1 if there is any.
 
 usage: python tools/run_nbs.py [NB ...] [--workers N] [--timeout S]   execute NBs (default: nbs/[0-9]*.ipynb), write back
-       python tools/run_nbs.py --check [NB ...]                        count and check the committed outputs; exit 1 if any is missing or unclean
-Run inside the project's venv with SELFINSTRUCT_DATA set to the data mirror (as for tools/test).
+       python tools/run_nbs.py --check [NB ...]                        count and check the committed outputs
+Run inside the project's venv with SELFINSTRUCT_DATA set to the data mirror (as for tools/test); about 7 minutes for
+all notebooks on a busy 2-core machine.
 """
 from __future__ import annotations
 import argparse, ast, json, os, re, shutil, subprocess, sys, tempfile, time
