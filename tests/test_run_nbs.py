@@ -62,3 +62,21 @@ def test_check_counts_and_fails_on_a_missing_output(tmp_path):
     assert "cell 2: displays something but has no output: print(x)" in r.stderr
     r = _check(_nb(tmp_path, [("x = 1", []), ("x", [_result("1")]), ("print(x)", [_stream("1\n")])]))
     assert r.returncode == 0 and "with their committed output: 2" in r.stdout, r.stderr
+
+def test_sample_run(tmp_path):
+    "tools/sample_run.py: n tasks of a run's 13_filter/tasks.jsonl, in order, with a README entry naming the source."
+    run = tmp_path/"outputs"/"demo-20260101-000000"; (run/"13_filter").mkdir(parents=True)
+    (run/"manifest.json").write_text(json.dumps({"profile": "demo", "run_dir": "outputs/demo-20260101-000000", "status": "ok",
+                                                 "git": {"commit": "a" * 40, "dirty": False}, "command": ["selfinstruct-nb", "run", "demo"]}))
+    tasks = [{"id": f"machine_task_{i}", "instruction": f"Do {i}.", "instances": [{"input": "", "output": str(i)}],
+              "is_classification": False, "source": "machine", "generation": {"created_at": 1.0}} for i in range(10)]
+    (run/"13_filter"/"tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    out = tmp_path/"samples"
+    for _ in range(2):  # a second sample of the same profile replaces the first's README entry
+        r = subprocess.run([sys.executable, str(ROOT/"tools"/"sample_run.py"), str(run), "-n", "4", "--out", str(out)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in (out/"demo_tasks.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and [r["id"] for r in rows] == sorted((r["id"] for r in rows), key=lambda x: int(x.split("_")[-1]))
+    assert set(rows[0]) == {"id", "instruction", "is_classification", "instances"}   # no clock fields
+    readme = (out/"README.md").read_text()
+    assert readme.count("## `demo_tasks.jsonl`") == 1 and "4 of the 10 machine-generated tasks in `13_filter/tasks.jsonl`" in readme
