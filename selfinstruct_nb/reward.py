@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback
+from transformers.utils import logging as hf_logging
 from trl import RewardConfig, RewardTrainer
 
 from .core import FieldError, RecordError, read_jsonl, resolve, rng
@@ -136,7 +137,10 @@ def load_reward_model(name_or_path: str = "tiny", # "tiny", a local folder or a 
     if Path(src).is_dir(): os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tok = AutoTokenizer.from_pretrained(src)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, dtype=torch.float32)
+    level = hf_logging.get_verbosity()  # its load report could only list the new score head (and an unused LM head)
+    hf_logging.set_verbosity_error()
+    try: model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, dtype=torch.float32)
+    finally: hf_logging.set_verbosity(level)
     model.config.pad_token_id = tok.pad_token_id
     return model.to(pick_device(device)), tok
 
@@ -169,6 +173,7 @@ def train_reward(model, tokenizer, train_ds: Dataset, args: RewardConfig, eval_d
     "Train with trl's `RewardTrainer`; returns the trainer (`.model` is the reward model)."
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                             processing_class=tokenizer, peft_config=peft_config)
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it prints every log dict, run times too: `state.log_history` keeps them
     trainer.train()
     return trainer
 

@@ -183,8 +183,8 @@ def redact_params(params: dict) -> dict:
     "`params` with the values of secret-named parameters replaced by `<redacted>`."
     return {k: (REDACTED if is_secret_name(k) and v not in (None, "") else v) for k, v in params.items()}
 
-def secret_values(plans: Sequence[StagePlan] = (), environ=None) -> set[str]:
-    "Strings to scrub: values given to secret-named parameters (by a profile or `-p`) and of secret-named environment variables."
+def secret_values(plans: Sequence = (), environ=None) -> set[str]:
+    "Strings to scrub: values given to secret-named parameters of `plans` (`StagePlan`s, from a profile or `-p`) and of secret-named environment variables."
     env = os.environ if environ is None else environ
     out = {v for k, v in env.items() if is_secret_name(k) and len(v) >= 8 and not v.startswith(("/", "~"))}  # not paths
     out |= {v for p in plans for k, v in p.injected.items() if is_secret_name(k) and isinstance(v, str) and len(v) >= 4}

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
@@ -193,8 +193,10 @@ def make_sft_trainer(model, tokenizer, train_ds: Dataset, args: SFTConfig,
     if conversational and not tokenizer.chat_template:
         raise ValueError("the tokenizer has no chat template: use template='alpaca' for a base model")
     model.config.use_cache = False
-    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it prints every log dict, run times too: `state.log_history` keeps them
+    return trainer
 
 # %% ../nbs/30_sft.ipynb #9740a64c
 def packing_stats(ds: Dataset, # a prepared (tokenized) dataset: `trainer.train_dataset`
