@@ -167,8 +167,8 @@ def test_pipeline_notebooks(tmp_path):
     "Stages 10, 11 and 12 as papermill notebooks against the test server (the openai backend, chat off)."
     pm = Path(sys.executable).parent/"papermill"
     with FakeOpenAIServer(responder=SelfInstructResponder()) as srv:
-        common = ["-p", "run_dir", str(tmp_path/"run"), "-p", "backend", "openai", "-p", "model", "teacher",
-                  "-p", "base_url", srv.url, "-p", "api_key_env", "", "-p", "cache", str(tmp_path/"llm.sqlite")]
+        common = ["-p", "run_dir", str(tmp_path/"run"), "-p", "teacher_backend", "openai", "-p", "teacher_model", "teacher",
+                  "-p", "teacher_base_url", srv.url, "-p", "teacher_api_key_env", "", "-p", "cache", str(tmp_path/"llm.sqlite")]
         for stage, extra in [("10_bootstrap", ["-p", "num_instructions", "25", "-p", "max_rounds", "10"]),
                              ("11_classify", []), ("12_instances", ["-p", "max_tokens", "0"])]:
             r = subprocess.run([str(pm), str(ROOT/"nbs"/"pipeline"/f"{stage}.ipynb"), str(tmp_path/f"{stage}.ipynb"),
