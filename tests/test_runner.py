@@ -113,19 +113,38 @@ def ran(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     return root
 
-def test_help_lists_profiles_and_parameters(ran):
+NOISE = ("Kernel is running over TCP without encryption", "KeyboardInterrupt", "TqdmWarning")
+
+def test_help_fits_a_screen_and_params_has_the_detail(ran):
     for args in (["--help"], ["run", "--help"]):
         r = cli(ran, *args)
         assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert len(lines) <= 40 and max(map(len, lines)) <= 120, (args, len(lines), max(map(len, lines)))
         for s in ["smoke", "Three tiny stages, small n.", "half", "Only the first stage, with n set for that stage alone.",
-                  "10_make  Make items", "n: int = 3", "how many items", "api_key_env: str = \"OPENAI_API_KEY\"",
-                  "20_sum  Sum items", "scale: float = 1.0", "multiplier", "fail: bool = False", "raise on purpose",
-                  "30_report  Report", "label: str = \"report\"", "run_dir: str", "seed: int = 0", "random seed"]:
+                  "10_make, 20_sum, 30_report", "selfinstruct-nb params STAGE"]:
             assert s in r.stdout, (args, s)
+        assert "how many items" not in r.stdout  # a stage's parameters are in `params STAGE`
     r = cli(ran, "list")
     assert r.returncode == 0 and "10_make" in r.stdout and "stages: 10_make, 20_sum, 30_report" in r.stdout
     r = cli(ran, "params", "20_sum")
     assert r.returncode == 0 and "profile smoke: seed=0" in r.stdout and "scale: float = 1.0" in r.stdout
+    r = cli(ran, "params", "10_make")
+    for s in ["n: int = 3", "how many items", 'api_key_env: str = "OPENAI_API_KEY"', "run_dir: str", "seed: int = 0", "random seed"]:
+        assert s in r.stdout, s
+
+def test_console_is_quiet(tmp_path):
+    "A run's console: the run line, one running and one ok line (time, outputs, funnel) per stage, the final line; no kernel noise."
+    root = make_project(tmp_path)
+    r = cli(root, "run", "smoke", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert not [l for l in out.splitlines() if any(n in l for n in NOISE)], out
+    assert r.stderr == "" and len(r.stdout.splitlines()) == 1 + 2 * 3 + 1, r.stdout
+    run, = runs(root)
+    ok = [l for l in r.stdout.splitlines() if ": ok in " in l]
+    assert ok[0].startswith("[1/3] 10_make: ok in ") and ok[0].endswith(f"-> {run.relative_to(root)}/10_make/  (n 2, seed 0)"), ok[0]
+    assert not list(root.glob("kernel-*"))  # the IPC sockets live in Jupyter's runtime folder, not in the project
 
 def test_earlier_run(ran):
     run, = runs(ran, "half")
@@ -145,13 +164,36 @@ def test_earlier_run(ran):
     (["run", "smoke", "--only", "99_nope"], ["--only: unknown stage '99_nope'"]),
     (["run", "smoke", "--kernel", "no-such-kernel-xyz"], ["jupyter kernel 'no-such-kernel-xyz' not found",
                                                           "python -m ipykernel install --user --name no-such-kernel-xyz"]),
+    (["run", "smoke", "--kernel", "no-such-kernel-xyz", "--dry-run"], ["jupyter kernel 'no-such-kernel-xyz' not found"]),
+    (["run", "half", "-p", "scale=2"], ["-p scale: no selected stage declares 'scale' (selected: 10_make; declared by 20_sum)",
+                                         "--only"]),
+    (["run", "smoke", "--only", "10_make", "-p", "20_sum.scale=2"], ["-p 20_sum.scale: stage 20_sum is not selected"]),
+    (["run", "smoke", "--resume"], ["--resume: no earlier run outputs/smoke-* to continue; run without --resume"]),
+    (["run", "smoke", "--resume", "--dry-run"], ["--resume: no earlier run outputs/smoke-*"]),
+    (["run", "smoke", "--resume", "outputs/nope", "--dry-run"], ["--resume outputs/nope: no such run folder"]),
+    (["run", "smoke", "--resume", "nbs", "--dry-run"], ["--resume nbs: not a run folder (no manifest.json)"]),
+    (["run", "smoke", "-p", "api_key_env=NO_SUCH_KEY_XYZ", "--dry-run"], []),  # no openai backend here: a name is just a name
 ])
 def test_refused_before_anything_runs(ran, args, contains):
     before = snapshot(ran)
     r = cli(ran, *args)
-    one_line_error(r, *contains)
-    assert r.returncode == 2
+    if not contains: assert r.returncode == 0, r.stderr  # a control case: accepted
+    else:
+        one_line_error(r, *contains)
+        assert r.returncode == 2
     assert snapshot(ran) == before  # nothing run, nothing created, earlier outputs intact
+
+@pytest.mark.parametrize("mirror,contains", [("no/such/mirror", "is not a folder: point it at the data mirror"),
+                                             ("empty", "registered data files (e.g.")])
+def test_bad_data_mirror_is_one_short_line(ran, tmp_path, mirror, contains):
+    path = tmp_path/mirror
+    if mirror == "empty": path.mkdir()
+    for dry in ([], ["--dry-run"]):
+        before = snapshot(ran)
+        r = cli(ran, "run", "smoke", *dry, env={"SELFINSTRUCT_DATA": str(path)})
+        err = one_line_error(r, f"SELFINSTRUCT_DATA={path}", contains)
+        assert r.returncode == 2 and len(err) < 200 + len(str(path)), err
+        assert snapshot(ran) == before
 
 def test_int_accepted_for_float(ran):
     r = cli(ran, "run", "smoke", "-p", "scale=2", "--dry-run")
