@@ -481,7 +481,10 @@ def stage_kernel_manager():
     class StageKernelManager(AsyncKernelManager):
         _shutting_down = False
         @default("transport")
-        def _default_transport(self): return "tcp" if os.name == "nt" else "ipc"
+        def _default_transport(self):  # a Unix socket path has at most 107 bytes: a long runtime folder keeps TCP
+            from jupyter_core.paths import jupyter_runtime_dir
+            fits = len(os.path.join(jupyter_runtime_dir(), "kernel-" + "0" * 36 + "-ipc-65535").encode()) < 104
+            return "ipc" if os.name != "nt" and fits else "tcp"
         async def _async_interrupt_kernel(self):
             if not self._shutting_down: await super()._async_interrupt_kernel()
         async def shutdown_kernel(self, now: bool = False, restart: bool = False):

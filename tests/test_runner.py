@@ -279,3 +279,54 @@ def test_manifest_and_secrets(tmp_path):
         assert set(data["files"]) == present and data["present"] == len(present)
         assert all(f["matches_registry"] for f in data["files"].values())
         if os.environ.get("SELFINSTRUCT_DATA"): assert data["present"] > 0
+
+
+# --- slow: the real stage notebooks, twice ------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+# The stages whose metrics held absolute paths or differed between two runs with the same seed, all of which run on
+# the released data and the tiny model alone (32_generate needs 30_sft's student: its relative path is checked by
+# tests/test_training.py's stage chain).
+TWICE = "31_reward,40_eval_rouge,41_judge"
+# What may differ between two runs: the stage and run times and the manifest's clock fields, the run folder's name
+# inside paths (outputs/smoke-<time>/...) and the manifest's hash of each stage's parameters (run_dir is one). Nothing else in any metrics.json is excluded. The response cache
+# (outputs/cache/) is emptied before each run, so the second run does the same work as the first (served from the
+# cache, its request accounting would differ).
+RUN_VARYING = {"seconds", "started_at", "updated_at", "created_at", "finished_at",
+               "params_hash"}  # a hash of the parameters, run_dir (the run folder) among them
+
+def _strip(obj):
+    if isinstance(obj, dict): return {k: _strip(v) for k, v in obj.items() if k not in RUN_VARYING}
+    if isinstance(obj, list): return [_strip(v) for v in obj]
+    return obj
+
+@pytest.mark.slow
+def test_smoke_twice_same_metrics_relative_paths_quiet(tmp_path):
+    "Two smoke runs of 31_reward, 40_eval_rouge and 41_judge: the same metrics, project-relative paths, a quiet console."
+    root = tmp_path/"project"
+    root.mkdir()
+    for name in ("settings.ini", "pyproject.toml"): (root/name).write_bytes((REPO/name).read_bytes())
+    import shutil
+    shutil.copytree(REPO/"nbs"/"pipeline", root/"nbs"/"pipeline")
+    if (REPO/"outputs"/"models").exists(): shutil.copytree(REPO/"outputs"/"models", root/"outputs"/"models")  # the tiny model
+    got = []
+    for _ in range(2):
+        shutil.rmtree(root/"outputs"/"cache", ignore_errors=True)
+        r = cli(root, "run", "smoke", "--only", TWICE, "--no-progress")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert not [l for l in (r.stdout + r.stderr).splitlines() if any(n in l for n in NOISE)], r.stdout + r.stderr
+        run = runs(root)[-1]
+        for nb in (run/"notebooks").glob("*.ipynb"):
+            text = nb.read_text()
+            assert not [n for n in NOISE if n in text], nb.name
+        metrics = {s: json.loads((run/s/"metrics.json").read_text()) for s in TWICE.split(",")}
+        text = json.dumps(metrics)
+        assert str(root) not in text and str(REPO) not in text and '"/' not in text, "an absolute path in metrics.json"
+        man = json.loads((run/"manifest.json").read_text())
+        got.append(json.dumps({"metrics": metrics, "manifest": _strip(man["stages"])}).replace(run.name, "RUN"))
+    first, second = (json.loads(g) for g in got)
+    assert first["metrics"] == second["metrics"]  # every metric, accuracy_before and the loss curve of 31_reward too
+    assert first["manifest"] == second["manifest"]
+    for nb in ("31_reward", "40_eval_rouge"):  # each figure drawn once: by the inline backend, not again as the cell's value
+        cells = json.loads((runs(root)[-1]/"notebooks"/f"{nb}.ipynb").read_text())["cells"]
+        pngs = [sum("image/png" in o.get("data", {}) for o in c.get("outputs", [])) for c in cells if c["cell_type"] == "code"]
+        assert max(pngs) == 1 and sum(pngs) == 1, (nb, pngs)
