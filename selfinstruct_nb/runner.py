@@ -6,7 +6,7 @@ Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/runner.html.md"""
 
 # %% ../nbs/04_runner.ipynb #da9ccf5c
 from __future__ import annotations
-import argparse, ast, configparser, contextlib, csv, datetime, difflib, hashlib, io, json, os, platform, re, shutil, subprocess, sys, textwrap, time, tokenize
+import argparse, ast, configparser, contextlib, csv, datetime, difflib, hashlib, io, json, os, platform, re, shutil, subprocess, sys, textwrap, time, tokenize, uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -483,8 +483,16 @@ def stage_kernel_manager():
         @default("transport")
         def _default_transport(self):  # a Unix socket path has at most 107 bytes: a long runtime folder keeps TCP
             from jupyter_core.paths import jupyter_runtime_dir
-            fits = len(os.path.join(jupyter_runtime_dir(), "kernel-" + "0" * 36 + "-ipc-65535").encode()) < 104
+            fits = len(os.path.join(jupyter_runtime_dir(), "kernel-" + "0" * 24 + "-ipc-65535").encode()) < 104
             return "ipc" if os.name != "nt" and fits else "tcp"
+        @default("ip")
+        def _default_ip(self):  # jupyter_client's default for IPC is `kernel-ipc` in the working directory, shared by
+            if self.transport != "ipc":  # every kernel started there at the same time: one socket path per kernel instead
+                from jupyter_client.localinterfaces import localhost
+                return localhost()
+            from jupyter_core.paths import jupyter_runtime_dir
+            Path(jupyter_runtime_dir()).mkdir(parents=True, exist_ok=True)
+            return os.path.join(jupyter_runtime_dir(), f"kernel-{os.getpid()}-{uuid.uuid4().hex[:12]}-ipc")
         async def _async_interrupt_kernel(self):
             if not self._shutting_down: await super()._async_interrupt_kernel()
         async def shutdown_kernel(self, now: bool = False, restart: bool = False):

@@ -151,6 +151,18 @@ def test_earlier_run(ran):
     assert json.loads((run/"10_make"/"items.json").read_text()) == [0, 1, 2, 3, 4]  # 10_make.n = 5
     assert not (run/"20_sum").exists()
 
+def test_two_runs_at_once(tmp_path):
+    "Two runs started together from the same project: each talks to its own kernels (their sockets are not shared)."
+    root = make_project(tmp_path)
+    e = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"} | {"SELFINSTRUCT_ROOT": str(root)}
+    procs = [subprocess.Popen([str(SCRIPT), "run", "smoke", "--no-progress", "-p", f"label=run{i}"], cwd=root, env=e,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [err for _, err in outs] == ["", ""], outs
+    assert sorted(json.loads((r/"30_report"/"report.json").read_text())["label"] for r in runs(root)) == ["run0", "run1"]
+    assert not list(root.glob("kernel-*"))
+
 @pytest.mark.parametrize("args,contains", [
     (["run", "nope"], ["unknown profile 'nope'", "settings.ini has smoke, half"]),
     (["run", "smoke", "-p", "nope=1"], ["-p nope", "unknown parameter 'nope'"]),
