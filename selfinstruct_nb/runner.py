@@ -501,9 +501,9 @@ def stage_kernel_manager():
             finally: self._shutting_down = False
     return StageKernelManager
 
-def metrics_summary(metrics: dict, limit: int = 8) -> str:
-    "A stage's one-line funnel: its first `limit` top-level numbers from `metrics.json`."
-    items = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:limit]
+def metrics_summary(metrics: dict, limit: int = 8, params: Sequence[str] = ()) -> str:
+    "A stage's one-line funnel: its first `limit` top-level numbers from `metrics.json` that are not echoed `params`."
+    items = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in params][:limit]
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in items)
 
 # %% ../nbs/04_runner.ipynb #e7ce1327
@@ -640,7 +640,7 @@ def run_profile(profile: str,                       # a section of settings.ini
             rec["status"] = "ok"
             write_json(done_marker(run_dir, name), {"params_hash": plan.params_hash, "finished_at": _now(), "seconds": rec["seconds"]})
             man.save()
-            funnel = metrics_summary(rec["metrics"]) if isinstance(rec["metrics"], dict) else ""
+            funnel = metrics_summary(rec["metrics"], params=plan.params) if isinstance(rec["metrics"], dict) else ""
             say(f"{tag}: ok in {rec['seconds']:.1f} s -> {_rel(run_dir/name)}/" + (f"  ({funnel})" if funnel else ""))
     except KeyboardInterrupt:
         for rec in man.data["stages"].values():

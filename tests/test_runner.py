@@ -143,7 +143,8 @@ def test_console_is_quiet(tmp_path):
     assert r.stderr == "" and len(r.stdout.splitlines()) == 1 + 2 * 3 + 1, r.stdout
     run, = runs(root)
     ok = [l for l in r.stdout.splitlines() if ": ok in " in l]
-    assert ok[0].startswith("[1/3] 10_make: ok in ") and ok[0].endswith(f"-> {run.relative_to(root)}/10_make/  (n 2, seed 0)"), ok[0]
+    assert ok[1].startswith("[2/3] 20_sum: ok in ") and ok[1].endswith(f"-> {run.relative_to(root)}/20_sum/  (sum 1)"), ok[1]
+    assert ok[0].endswith(f"-> {run.relative_to(root)}/10_make/"), ok[0]  # its metrics only echo its parameters n and seed
     assert not list(root.glob("kernel-*"))  # the IPC sockets live in Jupyter's runtime folder, not in the project
 
 def test_earlier_run(ran):
