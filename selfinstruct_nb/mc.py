@@ -22,7 +22,7 @@ from .llm import LLMRequest, LLMResult
 # %% auto #0
 __all__ = ['BBH_BINARY_LABELS', 'BBH_FREE_TASKS', 'BBH_MC_TASKS', 'LETTERS', 'ZERO_SHOT_PREFIX', 'bbh_kind', 'MCItem',
            'bbh_items', 'agieval_items', 'bbh_description', 'build_prompt', 'extract_strict', 'extract_lenient',
-           'score_generation', 'generation_requests', 'score_generations', 'continuation_logprobs',
+           'score_generation', 'generation_requests', 'score_generations', 'fit_prompts', 'continuation_logprobs',
            'loglik_continuations', 'score_loglik', 'chance_level', 'accuracy_table', 'markdown_table', 'select_items']
 
 # %% ../nbs/42_mc.ipynb #dad9ef01
@@ -194,12 +194,35 @@ def score_generations(items: list[MCItem], results: list[LLMResult], cot: bool =
         recs.append(score_generation(it, res.text if res.ok else None, cot, prefix, res.status, res.error))
     return recs
 
+# %% ../nbs/42_mc.ipynb #8ce7602f
+def fit_prompts(reqs: list[LLMRequest], tokenizer, max_len: int) -> tuple[list[LLMRequest], set[str]]:
+    "`reqs` with each prompt (or last message) cut from the left to fit `max_len` tokens with its answer; and the ids cut."
+    out, cut = [], set()
+    for r in reqs:
+        text = r.prompt if r.prompt is not None else r.messages[-1]["content"]
+        if r.prompt is not None: overhead = len(tokenizer("", verbose=False)["input_ids"])  # BOS
+        elif getattr(tokenizer, "chat_template", None):
+            overhead = len(tokenizer.apply_chat_template(r.messages[:-1] + [{**r.messages[-1], "content": ""}],
+                                                         add_generation_prompt=True, tokenize=True, return_dict=False))
+        else: overhead = 0
+        budget = max(max_len - r.params.get("max_tokens", 0) - overhead, 1)
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) <= budget: out.append(r); continue
+        keep = budget
+        while True:  # decoding and encoding again can merge tokens differently at the cut: trim until it fits
+            new = tokenizer.decode(ids[-keep:])
+            if len(tokenizer(new, add_special_tokens=False, verbose=False)["input_ids"]) <= budget or keep <= 1: break
+            keep -= 1
+        kw = {"prompt": new} if r.prompt is not None else {"messages": r.messages[:-1] + [{**r.messages[-1], "content": new}]}
+        out.append(LLMRequest(r.id, params=r.params, meta={**r.meta, "truncated": True}, **kw)); cut.add(r.id)
+    return out, cut
+
 # %% ../nbs/42_mc.ipynb #1750c1d6
 def _encode_pair(tok, context: str, continuation: str, max_len: int) -> tuple[list, int, bool]:
-    ctx = tok(context)["input_ids"]
-    whole = tok(context + continuation)["input_ids"]
+    ctx = tok(context, verbose=False)["input_ids"]  # longer than the model's window is fine: we cut it below, and count it
+    whole = tok(context + continuation, verbose=False)["input_ids"]
     if whole[:len(ctx)] == ctx and len(whole) > len(ctx): cont = whole[len(ctx):]
-    else: cont = tok(continuation, add_special_tokens=False)["input_ids"]
+    else: cont = tok(continuation, add_special_tokens=False, verbose=False)["input_ids"]
     ids = ctx + cont
     cut = len(ids) > max_len
     return (ids[-max_len:] if cut else ids), len(cont), cut

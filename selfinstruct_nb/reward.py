@@ -131,12 +131,14 @@ def reward_dataset(pairs: list[dict], template: str = "alpaca", margin: bool = T
 # %% ../nbs/31_reward.ipynb #0631845a
 def load_reward_model(name_or_path: str = "tiny", # "tiny", a local folder or a hub id (GPT-4-LLM: OPT-1.3B)
                       device: str = "auto", # "auto", "cuda" or "cpu"
+                      seed: int = 0, # initialisation of the new head
                      ):
-    "`(model, tokenizer)`: a causal LM with a scalar head, fp32 weights, pad token set on both."
+    "`(model, tokenizer)`: a causal LM with a seeded scalar head, fp32 weights, pad token set on both."
     src = resolve_model(name_or_path)
     if Path(src).is_dir(): os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tok = AutoTokenizer.from_pretrained(src)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
+    torch.manual_seed(seed)                # the new score head is drawn from torch's generator
     level = hf_logging.get_verbosity()  # its load report could only list the new score head (and an unused LM head)
     hf_logging.set_verbosity_error()
     try: model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, dtype=torch.float32)

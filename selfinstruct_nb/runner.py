@@ -6,7 +6,7 @@ Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/runner.html.md"""
 
 # %% ../nbs/04_runner.ipynb #da9ccf5c
 from __future__ import annotations
-import argparse, ast, configparser, contextlib, datetime, difflib, io, json, os, platform, re, shutil, subprocess, sys, time, tokenize
+import argparse, ast, configparser, contextlib, csv, datetime, difflib, hashlib, io, json, os, platform, re, shutil, subprocess, sys, textwrap, time, tokenize, uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -15,12 +15,13 @@ from typing import Any, Callable, Sequence
 from .core import project_relative, project_root, resolve, stable_hash, sha256_file, write_json, write_text
 
 # %% auto #0
-__all__ = ['KERNEL', 'SECRET_WORDS', 'REDACTED', 'KEY_PACKAGES', 'ConfigError', 'StageFailed', 'Param', 'parse_parameters_cell',
-           'Stage', 'read_stage', 'list_stages', 'parse_value', 'Profile', 'read_profiles', 'is_secret_name',
-           'redact_params', 'secret_values', 'scrub', 'scrub_file', 'StagePlan', 'check_value', 'parse_stages',
-           'plan_run', 'set_run_dir', 'new_run_dir', 'latest_run_dir', 'done_marker', 'is_done', 'package_versions',
-           'git_info', 'platform_info', 'data_files', 'kernel_info', 'run_profile', 'describe_stage', 'describe',
-           'build_parser', 'main']
+__all__ = ['KERNEL', 'SECRET_WORDS', 'REDACTED', 'KEY_PACKAGES', 'MODEL_ROLES', 'ConfigError', 'StageFailed', 'Param',
+           'parse_parameters_cell', 'Stage', 'read_stage', 'list_stages', 'parse_value', 'Profile', 'read_profiles',
+           'is_secret_name', 'redact_params', 'secret_values', 'scrub', 'scrub_file', 'StagePlan', 'check_value',
+           'parse_stages', 'plan_run', 'set_run_dir', 'new_run_dir', 'latest_run_dir', 'done_marker', 'is_done',
+           'package_versions', 'git_info', 'platform_info', 'data_files', 'kernel_info', 'check_data', 'check_model',
+           'model_params', 'check_plans', 'stage_kernel_manager', 'metrics_summary', 'run_profile', 'describe_stage',
+           'describe', 'build_parser', 'main']
 
 # %% ../nbs/04_runner.ipynb #6d79d603
 KERNEL = "selfinstruct-nb"  # the Jupyter kernel the README's install commands register
@@ -284,6 +285,10 @@ def plan_run(profile: str,                  # a section of settings.ini
             if stage: raise ConfigError(f"{where}: unknown parameter '{key}': {stage} does not declare it{_suggest(key, by_name[stage].params)}")
             every = {p for s in stages for p in s.params}
             raise ConfigError(f"{where}: unknown parameter '{key}': no stage notebook declares it{_suggest(key, every)}")
+        if level == 2 and not any(s.name in selected for s in targets):  # a -p value must reach a stage that runs
+            if stage: raise ConfigError(f"{where}: stage {stage} is not selected (selected: {', '.join(selected)}); add it with --only or drop this -p")
+            raise ConfigError(f"{where}: no selected stage declares '{key}' (selected: {', '.join(selected)}; declared by "
+                              f"{', '.join(s.name for s in targets)}); select one of those with --only or drop this -p")
         value = parse_value(raw)
         for s in targets:
             if key not in s.params: raise ConfigError(f"{where}: unknown parameter '{key}': {s.name} does not declare it{_suggest(key, s.params)}")
@@ -367,20 +372,33 @@ def platform_info() -> dict:
             "platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "gpus": gpus.splitlines() if gpus else []}
 
+def _registry() -> dict[str, dict]:
+    "The data registry (`selfinstruct_nb/registry.tsv`, as `selfinstruct_nb.data.REGISTRY` reads it) without importing `datasets`."
+    import selfinstruct_nb
+    path = Path(selfinstruct_nb.__file__).parent/"registry.tsv"
+    if not path.exists(): return {}
+    with open(path, encoding="utf-8", newline="") as f: return {r["relpath"]: r for r in csv.DictReader(f, delimiter="\t")}
+
+def _data_sources() -> list[Path]:
+    "Where stages look for released data, as `selfinstruct_nb.data.data_sources`: `$SELFINSTRUCT_DATA`, then `data/raw/`."
+    env = os.environ.get("SELFINSTRUCT_DATA")
+    return ([Path(env).expanduser().resolve()] if env else []) + [resolve("data/raw")]
+
+def _git_blob(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
 def data_files() -> dict:
     "sha256 of every registered data file found locally, and whether it matches the registry."
-    try: from selfinstruct_nb import data
-    except Exception as e: return {"error": f"selfinstruct_nb.data unavailable: {type(e).__name__}: {e}"}
-    sources = data.data_sources()
-    files = {}
-    for rel, entry in data.REGISTRY.items():
+    reg, sources, files = _registry(), _data_sources(), {}
+    for rel, entry in reg.items():
         for src in sources:
-            if (p := Path(src)/rel).exists():
+            if (p := src/rel).is_file():
                 got = sha256_file(p)
-                ok = got == entry.sha256 if entry.sha256 else data.git_blob_sha1(p) == entry.git_blob  # large files: git blob id
+                ok = got == entry["sha256"] if entry["sha256"] else _git_blob(p) == entry.get("git_blob")  # large files: git blob id
                 files[rel] = {"sha256": got, "matches_registry": ok, "source": str(src)}
                 break
-    return {"sources": [str(s) for s in sources], "registered": len(data.REGISTRY), "present": len(files), "files": files}
+    return {"sources": [str(s) for s in sources], "registered": len(reg), "present": len(files), "files": files}
 
 def kernel_info(name: str = KERNEL) -> dict:
     "The Jupyter kernel `name` (its python and folder); a `ConfigError` telling how to register it if missing."
@@ -394,6 +412,99 @@ def kernel_info(name: str = KERNEL) -> dict:
     python = spec.argv[0] if spec.argv else ""
     same = Path(python).absolute().parent == Path(sys.executable).absolute().parent
     return {"name": name, "python": python, "resource_dir": spec.resource_dir, "same_env_as_runner": same}
+
+# %% ../nbs/04_runner.ipynb #c8fe2ed5
+MODEL_ROLES = ("teacher", "assistant", "judge", "eval", "student", "reward")  # prefixes of role-named model parameters
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+def check_data() -> dict:
+    "The data mirror and cache: `data_files()` if every check passes, else a one-line `ConfigError` with the fix."
+    env, reg = os.environ.get("SELFINSTRUCT_DATA"), _registry()
+    if env:
+        if not Path(env).expanduser().is_dir():
+            raise ConfigError(f"SELFINSTRUCT_DATA={env} is not a folder: point it at the data mirror "
+                              "(the folder holding self-instruct/, bbh/, ...) or unset it")
+        mirrored = [rel for rel, e in reg.items() if e["sha256"]]
+        missing = [rel for rel in mirrored if not any((src/rel).is_file() for src in _data_sources())]
+        if missing:
+            raise ConfigError(f"SELFINSTRUCT_DATA={env} lacks {len(missing)} of the {len(mirrored)} registered data files "
+                              f"(e.g. {missing[0]}): point it at a complete mirror")
+    found = data_files()
+    for rel, f in found["files"].items():
+        if not f["matches_registry"]:
+            e = reg[rel]
+            raise ConfigError(f"{Path(f['source'])/rel}: sha256 mismatch for {rel} (expected {(e['sha256'] or e['git_blob'])[:16]}..., "
+                              f"got {f['sha256'][:16]}...): restore it from {e['url']}")
+    return found
+
+def check_model(value: str, where: str) -> None:
+    "A local model reference: `tiny`, `student` or empty (a stage's own defaults), an existing folder, or a hub id's form."
+    if value in ("", "tiny", "student"): return
+    p = Path(value).expanduser()
+    if p.is_dir() or resolve(value).is_dir(): return
+    if value.startswith(("/", "./", "../", "~")) or value.endswith("/") or value.count("/") > 1 or p.exists():
+        raise ConfigError(f"{where}: model path does not exist or is not a folder: {value} (give an existing folder, 'tiny' or a hub id)")
+    if not _HUB_ID.fullmatch(value):
+        raise ConfigError(f"{where}: {value!r} is not a model folder, 'tiny' or a hub id (org/name)")
+
+def model_params(params: dict) -> list[tuple[str, str, str|None]]:
+    "A stage's `(model parameter, backend, API-key-variable parameter)` triples, by role prefix (`teacher_model`, ...)."
+    out = []
+    for role in ("", *MODEL_ROLES):
+        pre = f"{role}_" if role else ""
+        if f"{pre}model" not in params: continue
+        bk = next((k for k in (f"{pre}backend", "backend") if k in params), None)
+        kp = next((k for k in (f"{pre}api_key_env", "api_key_env") if k in params), None)
+        out.append((f"{pre}model", params[bk] if bk else "transformers", kp))
+    return out
+
+def check_plans(plans: Sequence[StagePlan], environ=None) -> None:
+    "Model references and API-key variables of every planned stage; a one-line `ConfigError` names the first problem."
+    env = os.environ if environ is None else environ
+    for plan in plans:
+        name, ps = plan.stage.name, plan.params
+        for m, backend, kp in model_params(ps):
+            where = f"{name}.{m}"
+            if backend == "openai":
+                var = ps.get(kp) if kp else None
+                if var and not env.get(var):
+                    raise ConfigError(f"{name}: {kp} names {var}, which is not set: export {var}=<your key> "
+                                      f"(or -p {name}.{kp}='' for a server that needs no key)")
+            elif backend == "transformers": check_model(str(ps[m]), where)
+            else: raise ConfigError(f"{where}: unknown backend {backend!r}: expected 'transformers' or 'openai'")
+
+# %% ../nbs/04_runner.ipynb #ea7620c2
+def stage_kernel_manager():
+    "An `AsyncKernelManager` class for stage kernels: IPC transport where the OS has it, no SIGINT on shutdown."
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+    class StageKernelManager(AsyncKernelManager):
+        _shutting_down = False
+        @default("transport")
+        def _default_transport(self):  # a Unix socket path has at most 107 bytes: a long runtime folder keeps TCP
+            from jupyter_core.paths import jupyter_runtime_dir
+            fits = len(os.path.join(jupyter_runtime_dir(), "kernel-" + "0" * 24 + "-ipc-65535").encode()) < 104
+            return "ipc" if os.name != "nt" and fits else "tcp"
+        @default("ip")
+        def _default_ip(self):  # jupyter_client's default for IPC is `kernel-ipc` in the working directory, shared by
+            if self.transport != "ipc":  # every kernel started there at the same time: one socket path per kernel instead
+                from jupyter_client.localinterfaces import localhost
+                return localhost()
+            from jupyter_core.paths import jupyter_runtime_dir
+            Path(jupyter_runtime_dir()).mkdir(parents=True, exist_ok=True)
+            return os.path.join(jupyter_runtime_dir(), f"kernel-{os.getpid()}-{uuid.uuid4().hex[:12]}-ipc")
+        async def _async_interrupt_kernel(self):
+            if not self._shutting_down: await super()._async_interrupt_kernel()
+        async def shutdown_kernel(self, now: bool = False, restart: bool = False):
+            self._shutting_down = True
+            try: await AsyncKernelManager._async_shutdown_kernel(self, now=now, restart=restart)
+            finally: self._shutting_down = False
+    return StageKernelManager
+
+def metrics_summary(metrics: dict, limit: int = 8, params: Sequence[str] = ()) -> str:
+    "A stage's one-line funnel: its first `limit` top-level numbers from `metrics.json` that are not echoed `params`."
+    items = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in params][:limit]
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in items)
 
 # %% ../nbs/04_runner.ipynb #e7ce1327
 def _now() -> str: return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -452,32 +563,43 @@ def run_profile(profile: str,                       # a section of settings.ini
                      run_dir=f"{_rel(outputs_dir)}/{profile}-<time>")
     secrets = secret_values(plans)
     say = lambda msg: log(scrub(msg, secrets))
+    # every check before anything is written: a failed one leaves no run folder
+    kinfo = kernel_info(kernel)
+    old = {}
+    if run_dir is not None:             # a given folder (a sweep point): resume it if a run started there
+        run_dir = Path(run_dir).absolute()
+        resume = run_dir if resume and (run_dir/"manifest.json").exists() else None
+    if resume:
+        run_dir = latest_run_dir(outputs_dir, profile) if resume is True else Path(resume).absolute()
+        if run_dir is None: raise ConfigError(f"--resume: no earlier run {_rel(outputs_dir)}/{profile}-* to continue; run without --resume")
+        if not run_dir.is_dir(): raise ConfigError(f"--resume {resume}: no such run folder; give one of {_rel(outputs_dir)}/{profile}-*")
+        if not (run_dir/"manifest.json").exists(): raise ConfigError(f"--resume {_rel(run_dir)}: not a run folder (no manifest.json); give one of {_rel(outputs_dir)}/{profile}-*")
+        try: old = json.loads((run_dir/"manifest.json").read_text(encoding="utf-8"))
+        except ValueError as e: raise ConfigError(f"--resume {_rel(run_dir)}: manifest.json is not valid JSON ({e}); start a new run") from None
+        if old.get("profile", profile) != profile:
+            raise ConfigError(f"--resume {_rel(run_dir)}: that run used profile '{old['profile']}', not '{profile}'")
+    data_info = check_data()
+    check_plans(plans)
     if dry_run:
         for p in plans: say(f"{p.stage.name}: {json.dumps(redact_params(p.injected), ensure_ascii=False)}")
+        say(f"checks ok: kernel {kernel}, {data_info['present']} data files verified, models and API keys of {len(plans)} stage(s)"
+            + (f", resume {_rel(run_dir)}" if resume else ""))
         return plans
-    kinfo = kernel_info(kernel)
     if not kinfo["same_env_as_runner"]:
         say(f"warning: kernel '{kernel}' runs {kinfo['python']}, not this environment's {sys.executable}; "
             f"re-register it from this environment: python -m ipykernel install --user --name {kernel}")
-    if run_dir is not None:
-        run_dir = Path(run_dir).absolute(); run_dir.mkdir(parents=True, exist_ok=True)
-        if resume: resume = run_dir
-    if resume:
-        run_dir = latest_run_dir(outputs_dir, profile) if resume is True else Path(resume).absolute()
-        if run_dir is None: raise ConfigError(f"--resume: no earlier run {_rel(outputs_dir)}/{profile}-* to continue")
-        if not run_dir.is_dir(): raise ConfigError(f"--resume {resume}: no such run folder")
-        old = json.loads((run_dir/"manifest.json").read_text()) if (run_dir/"manifest.json").exists() else {}
-        if old.get("profile", profile) != profile:
-            raise ConfigError(f"--resume {_rel(run_dir)}: that run used profile '{old['profile']}', not '{profile}'")
-    else: run_dir, old = (new_run_dir(outputs_dir, profile) if run_dir is None else run_dir), {}
+    if not resume:
+        run_dir = new_run_dir(outputs_dir, profile) if run_dir is None else run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
     set_run_dir(plans, _rel(run_dir))
     from papermill import execute_notebook
+    kernel_manager = stage_kernel_manager()
     man = _Manifest(run_dir/"manifest.json", secrets, {
         **old, "profile": profile, "run_dir": _rel(run_dir), "status": "running",
         "created_at": old.get("created_at", _now()), "command": list(argv if argv is not None else sys.argv),
         "overrides": list(overrides), "only": list(only or []), "resumed": bool(resume),
         "git": git_info(root), "platform": platform_info(), "packages": package_versions(), "kernel": kinfo,
-        "data": data_files(), "selected_stages": [p.stage.name for p in plans], "stages": old.get("stages", {})})
+        "data": data_info, "selected_stages": [p.stage.name for p in plans], "stages": old.get("stages", {})})
     man.save()
     say(f"run {_rel(run_dir)}: {len(plans)} stage(s) of profile '{profile}'")
     rerun_upstream, t_run = False, time.time()
@@ -503,7 +625,7 @@ def run_profile(profile: str,                       # a section of settings.ini
             try:
                 with _env(SELFINSTRUCT_ROOT=str(root)):
                     execute_notebook(str(plan.stage.path), str(executed), parameters=plan.injected, kernel_name=kernel, language="python",
-                                     cwd=str(root), progress_bar=progress_bar, log_output=False)
+                                     cwd=str(root), progress_bar=progress_bar, log_output=False, kernel_manager_class=kernel_manager)
             except Exception as e:
                 scrub_file(executed, secrets)
                 msg = scrub(_failure(plan, e, executed), secrets)
@@ -524,7 +646,8 @@ def run_profile(profile: str,                       # a section of settings.ini
             rec["status"] = "ok"
             write_json(done_marker(run_dir, name), {"params_hash": plan.params_hash, "finished_at": _now(), "seconds": rec["seconds"]})
             man.save()
-            say(f"{tag}: ok in {rec['seconds']:.1f} s")
+            funnel = metrics_summary(rec["metrics"], params=plan.params) if isinstance(rec["metrics"], dict) else ""
+            say(f"{tag}: ok in {rec['seconds']:.1f} s -> {_rel(run_dir/name)}/" + (f"  ({funnel})" if funnel else ""))
     except KeyboardInterrupt:
         for rec in man.data["stages"].values():
             if rec.get("status") == "running": rec["status"] = "interrupted"
@@ -545,8 +668,8 @@ def describe_stage(s: Stage, indent: str = "    ") -> list[str]:
         out.append(f"{indent}{d:<{min(w, 48)}}  {p.help}".rstrip())
     return out
 
-def describe(pipeline_dir=None, settings_path=None) -> str:
-    "The help epilog: every profile (with its comment and stages) and every parameter of every stage."
+def describe(pipeline_dir=None, settings_path=None, width: int = 100) -> str:
+    "The help epilog, short: the profiles with their one-paragraph comments and the stage names (`params STAGE` has the rest)."
     out = []
     try:
         root = project_root()
@@ -554,24 +677,20 @@ def describe(pipeline_dir=None, settings_path=None) -> str:
     except FileNotFoundError as e: return f"(no project found: {e})"
     try:
         profiles = read_profiles(settings_path)
-        out.append(f"profiles ({_rel(settings_path)}; [DEFAULT] applies to all):")
+        out.append(f"profiles ({_rel(settings_path)}):")
         for name, p in profiles.items():
             if name == "DEFAULT": continue
-            out.append(f"  {name:<8} {p.comment}".rstrip())
-            sets = [f"{k} = {v}" for k, v in {**profiles.get('DEFAULT', Profile('', '', {})).values, **p.values}.items()]
-            if sets: out.append(f"{'':11}sets: " + "; ".join(sets))
+            out += textwrap.wrap(p.comment or "(no description)", width, initial_indent=f"  {name:<8} ", subsequent_indent=" " * 11)
     except ConfigError as e: out.append(f"(profiles unreadable: {e})")
-    out += ["", f"stages ({_rel(pipeline_dir)}, run in this order) and their parameters "
-                "(`-p key=value` sets a key in every stage that has it, `-p stage.key=value` in one):"]
-    paths = sorted(p for p in Path(pipeline_dir).glob("*.ipynb") if re.match(r"\d+_", p.name))
-    for p in paths:
-        try: out += describe_stage(read_stage(p))
-        except ConfigError as e: out.append(f"  {p.stem}  (unreadable: {e})")
-    if not paths: out.append("  (no stage notebooks yet)")
+    paths = sorted(p.stem for p in Path(pipeline_dir).glob("*.ipynb") if re.match(r"\d+_", p.name))
+    out += ["", f"stages ({_rel(pipeline_dir)}, run in this order):"]
+    out += textwrap.wrap(", ".join(paths) or "(no stage notebooks yet)", width, initial_indent="  ", subsequent_indent="  ")
+    out += ["", "`selfinstruct-nb params STAGE` lists a stage's parameters and what each profile sets;",
+            "`-p key=value` sets a key in every selected stage that declares it, `-p stage.key=value` in one."]
     return "\n".join(out)
 
 def build_parser(pipeline_dir=None, settings_path=None, full_help: bool = True) -> argparse.ArgumentParser:
-    "The `selfinstruct-nb` argument parser; with `full_help` its help lists the profiles and stage parameters."
+    "The `selfinstruct-nb` argument parser; with `full_help` its help lists the profiles and the stages."
     epilog = describe(pipeline_dir, settings_path) if full_help else None
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(prog="selfinstruct-nb", formatter_class=fmt, epilog=epilog,
@@ -584,9 +703,10 @@ def build_parser(pipeline_dir=None, settings_path=None, full_help: bool = True) 
                    help="set a parameter (Python literal, bare word = string); `stage.key=value` for one stage; repeatable")
     r.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable, or comma-separated)")
     r.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
-                   help="continue the latest run of the profile (or RUN_DIR; write it after PROFILE), skipping stages that "
-                        "finished with the same parameters (a rerun stage reruns every later stage too)")
-    r.add_argument("--dry-run", action="store_true", help="check the profile and print what each stage gets; run nothing")
+                   help="continue the latest run of the profile (or RUN_DIR, written after PROFILE); stages that finished "
+                        "with the same parameters are skipped, a rerun stage reruns every later one")
+    r.add_argument("--dry-run", action="store_true",
+                   help="check everything (parameters, kernel, data, models, API keys, --resume) and print what each stage gets")
     r.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel (default {KERNEL})")
     r.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
     sub.add_parser("list", help="list the stages and the profiles")

@@ -71,20 +71,53 @@ def test_unknown_profile_and_parameter(root):
     assert after == before  # refused before anything ran
 
 
+def no_new_folder(root, before):
+    "Nothing was written: no run folder, earlier outputs as they were."
+    assert snapshot(root/"outputs") == before
+
+
 def test_missing_api_key(root):
     before = snapshot(root/"outputs")
-    r = cli(root, "run", "smoke", "--only", "42_mc", "-p", "42_mc.backend=openai", "-p", "42_mc.model=some-model",
-            "-p", "42_mc.method=generate", "-p", "42_mc.base_url=http://127.0.0.1:9/v1",
-            "-p", "42_mc.api_key_env=SELFINSTRUCT_TEST_UNSET_KEY")
-    one_error_line(r, "42_mc", "SELFINSTRUCT_TEST_UNSET_KEY")
-    assert {k: v for k, v in snapshot(root/"outputs").items() if k in before} == before
+    r = cli(root, "run", "smoke", "--only", "42_mc", "-p", "42_mc.eval_backend=openai", "-p", "42_mc.eval_model=some-model",
+            "-p", "42_mc.method=generate", "-p", "42_mc.eval_base_url=http://127.0.0.1:9/v1",
+            "-p", "42_mc.eval_api_key_env=SELFINSTRUCT_TEST_UNSET_KEY")
+    one_error_line(r, "42_mc: eval_api_key_env names SELFINSTRUCT_TEST_UNSET_KEY, which is not set",
+                   "export SELFINSTRUCT_TEST_UNSET_KEY=")
+    no_new_folder(root, before)
 
 
 def test_model_path_that_does_not_exist(root):
     before = snapshot(root/"outputs")
-    r = cli(root, "run", "smoke", "--only", "42_mc", "-p", "42_mc.model=./no/such/model")
-    one_error_line(r, "42_mc", "model path does not exist", "./no/such/model")
-    assert {k: v for k, v in snapshot(root/"outputs").items() if k in before} == before
+    for dry in ([], ["--dry-run"]):
+        r = cli(root, "run", "smoke", "--only", "42_mc", "-p", "42_mc.eval_model=./no/such/model", *dry)
+        one_error_line(r, "42_mc.eval_model: model path does not exist", "./no/such/model")
+    no_new_folder(root, before)
+
+
+def test_resume_dry_run_without_an_earlier_run(root):
+    before = snapshot(root/"outputs")
+    r = cli(root, "run", "full", "--resume", "--dry-run")
+    one_error_line(r, "--resume: no earlier run outputs/full-* to continue")
+    no_new_folder(root, before)
+
+
+def test_key_that_no_selected_stage_declares(root):
+    "teacher_chat belongs to the teacher stages: sent to the judge and the evaluation alone, it would reach nothing."
+    before = snapshot(root/"outputs")
+    r = cli(root, "run", "smoke", "--only", "41_judge,42_mc", "-p", "teacher_chat=True")
+    one_error_line(r, "-p teacher_chat: no selected stage declares 'teacher_chat' (selected: 41_judge, 42_mc; declared by 10_bootstrap")
+    no_new_folder(root, before)
+
+
+def test_teacher_model_reaches_exactly_the_teacher_stages(root):
+    r = cli(root, "run", "smoke", "--dry-run", "-p", "teacher_model=org/teacher-x")
+    assert r.returncode == 0, r.stderr
+    got = {line.split(":")[0]: json.loads(line.split(": ", 1)[1]) for line in r.stdout.splitlines() if line[:2].isdigit()}
+    assert len(got) == len(list((REPO/"nbs"/"pipeline").glob("[0-9]*.ipynb"))), r.stdout  # every stage planned
+    reached = {stage for stage, params in got.items() if "org/teacher-x" in json.dumps(params)}
+    assert reached == {"10_bootstrap", "11_classify", "12_instances", "20_distill"}, reached
+    assert all(got[s]["teacher_model"] == "org/teacher-x" for s in reached)
+    assert "checks ok" in r.stdout.splitlines()[-1]
 
 
 def test_checksum_mismatch(root, tmp_path):
@@ -95,6 +128,8 @@ def test_checksum_mismatch(root, tmp_path):
     seeds.write_text(seeds.read_text().replace("breakfast", "brunch", 1))
     figures = tmp_path/"figures"; figures.mkdir()
     (figures/"earlier.png").write_bytes(b"an earlier figure")
+    before = snapshot(root/"outputs")
     r = cli(root, "run", "paper", "--only", "15_analysis", "-p", f"figures_dir={figures}", env={"SELFINSTRUCT_DATA": str(mirror)})
-    one_error_line(r, "15_analysis", "sha256 mismatch", "self-instruct/data/seed_tasks.jsonl")
+    one_error_line(r, "sha256 mismatch", "self-instruct/data/seed_tasks.jsonl", "restore it from https://")
     assert snapshot(figures) == {"earlier.png": hashlib.sha256(b"an earlier figure").hexdigest()}
+    no_new_folder(root, before)

@@ -183,8 +183,8 @@ def test_stage_41_judge_end_to_end(tmp_path):
     with FakeOpenAIServer(responder=consistent_judge) as srv:
         pm.execute_notebook(str(ROOT/"nbs/pipeline/41_judge.ipynb"), str(tmp_path/"out.ipynb"), kernel_name="selfinstruct-nb",
                             cwd=str(tmp_path), progress_bar=False,
-                            parameters=dict(run_dir=str(run_dir), backend="openai", model=f"fake-judge-{uuid.uuid4().hex[:8]}",
-                                            base_url=srv.url, api_key_env="", candidate_answers=str(answers), limit=n,
+                            parameters=dict(run_dir=str(run_dir), judge_backend="openai", judge_model=f"fake-judge-{uuid.uuid4().hex[:8]}",
+                                            judge_base_url=srv.url, judge_api_key_env="", candidate_answers=str(answers), limit=n,
                                             reference_model="gpt35", both_orders=True, judge_max_tokens=0))
     m = json.loads((run_dir/"41_judge/metrics.json").read_text())
     scored = [q for q in range(1, n + 1) if q % 4 != 0]

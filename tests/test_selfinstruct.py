@@ -169,12 +169,12 @@ def test_pipeline_notebooks(tmp_path):
     given two endpoints, one of which answers 500 to everything."""
     pm = Path(sys.executable).parent/"papermill"
     with FakeOpenAIServer(responder=SelfInstructResponder()) as srv, FakeOpenAIServer(rate_500=1.0) as bad:
-        common = ["-p", "run_dir", str(tmp_path/"run"), "-p", "backend", "openai", "-p", "model", "teacher",
-                  "-p", "api_key_env", "", "-p", "cache", str(tmp_path/"llm.sqlite")]
+        common = ["-p", "run_dir", str(tmp_path/"run"), "-p", "teacher_backend", "openai", "-p", "teacher_model", "teacher",
+                  "-p", "teacher_api_key_env", "", "-p", "cache", str(tmp_path/"llm.sqlite")]
         for stage, extra in [("10_bootstrap", ["-p", "num_instructions", "25", "-p", "max_rounds", "10",
-                                               "-p", "base_url", f"{bad.url},{srv.url}"]),
-                             ("11_classify", ["-p", "base_url", srv.url]),
-                             ("12_instances", ["-p", "base_url", srv.url, "-p", "max_tokens", "0"])]:
+                                               "-p", "teacher_base_url", f"{bad.url},{srv.url}"]),
+                             ("11_classify", ["-p", "teacher_base_url", srv.url]),
+                             ("12_instances", ["-p", "teacher_base_url", srv.url, "-p", "max_tokens", "0"])]:
             r = subprocess.run([str(pm), str(ROOT/"nbs"/"pipeline"/f"{stage}.ipynb"), str(tmp_path/f"{stage}.ipynb"),
                                 "-k", "python3", "--log-level", "WARNING", *common, *extra],
                                env=ENV, capture_output=True, text=True, timeout=300)

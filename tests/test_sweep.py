@@ -37,7 +37,7 @@ def test_bad_grid_refused(toy):
                    "-p 20_sum.scale: expected float", "got str 'many'")
     one_line_error(cli(toy, "sweep", "toy", "-p", "n=[]"), "-p n: empty list of values")
     one_line_error(cli(toy, "sweep", "toy", "-p", "n=[1,2]", "-p", "20_sum.scale=[1,2,3]", "--zip"), "--zip: the lists differ in length")
-    one_line_error(cli(toy, "sweep", "toy", "-p", "20_sum.scale=[1,2]", "--only", "10_make"), "no stage this sweep runs uses it")
+    one_line_error(cli(toy, "sweep", "toy", "-p", "20_sum.scale=[1,2]", "--only", "10_make"), "stage 20_sum is not selected")
     one_line_error(cli(toy, "sweep", "toy", "-p", "n=[1,2]", "--metric", "30_x.y"), "--metric 30_x.y")
     assert not (toy/"outputs").exists()
     # the real project's profiles go through the same checks
