@@ -123,6 +123,7 @@ def flan_query(d: dict, where: tuple, index: int) -> dict|None:
     if isinstance(d.get("targets"), str): q["target"] = d["targets"]
     return q
 
+# %% ../nbs/20_distill.ipynb #661ebb63
 def load_flan_queries(source: str,                    # a file or folder of JSONL/Parquet exports, or `hub:<dataset>[:<split>]`
                       limit: int|None = None,         # stop after this many queries (None: all)
                      ) -> tuple[list[dict], dict[str, int]]:

@@ -332,6 +332,11 @@ def _stop(jobs: list[_Job], grace: float = 20.0) -> None:
         j.rec["status"] = "interrupted"
 
 # %% ../nbs/06_sweep.ipynb #7b5aa76d
+def _finished(run_dir: Path) -> bool:
+    "Whether the run in `run_dir` (a point, or `_shared`) finished: its `manifest.json` says ok."
+    m = Path(run_dir)/"manifest.json"
+    return m.exists() and json.loads(m.read_text(encoding="utf-8")).get("status") == "ok"
+
 def _copy_shared(shared_dir: Path, point_dir: Path, plans: list[StagePlan], shared: Sequence[str]) -> None:
     "Copy the shared stages' folders and executed notebooks into a point, marked done with the point's own parameter hash."
     set_run_dir(plans, project_relative(point_dir))
@@ -420,6 +425,7 @@ def run_sweep(profile: str,                         # a section of settings.ini
            "cache": [json.loads(c) for c in caches], "metrics": metrics, "figure": {"x": x, "hue": hue}, "resumed": bool(resume),
            "points": [{**prev.get(n, {}), "name": n, "params": p, "status": prev.get(n, {}).get("status", "pending")}
                       for n, p in zip(names, points)]}
+    if shared and (old or {}).get("shared", {}).get("stages") == shared: man["shared"] = old["shared"]  # its status and time
     save = lambda **kw: (man.update(kw, updated_at=_now()), write_json(sweep_dir/"sweep.json", man))
     save()
     env = {**os.environ, "SELFINSTRUCT_ROOT": str(root)}
@@ -434,7 +440,8 @@ def run_sweep(profile: str,                         # a section of settings.ini
         if shared:
             sdir = sweep_dir/"_shared"
             rec = man.setdefault("shared", {"stages": shared, "status": "pending"})
-            if rec["status"] != "ok":
+            if rec["status"] == "ok" and _finished(sdir): log("  _shared: skipped, finished earlier")
+            else:
                 job = _Job(rec, sdir, spec(sdir, point_overrides(grid, points[0]), shared, sdir.exists()))
                 jobs.append(job); job.start(env); save()
                 log(f"  _shared: running {', '.join(shared)}")
@@ -448,8 +455,7 @@ def run_sweep(profile: str,                         # a section of settings.ini
         todo = []
         for i, (n, rec) in enumerate(zip(names, man["points"])):
             d = sweep_dir/n
-            if rec["status"] == "ok" and (d/"manifest.json").exists() and \
-               json.loads((d/"manifest.json").read_text()).get("status") == "ok":
+            if rec["status"] == "ok" and _finished(d):
                 log(f"  {n}: skipped, finished earlier"); continue
             if shared: _copy_shared(sweep_dir/"_shared", d, plans[i], shared)
             todo.append(_Job(rec, d, spec(d, point_overrides(grid, points[i]), only and list(only), bool(shared) or d.exists())))

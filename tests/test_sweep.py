@@ -152,7 +152,8 @@ def test_smoke_2x2_shared_bootstrap():
 
 
 def test_failing_point_does_not_stop_the_others(toy):
-    "One point's stage raises: it is reported with its error, the other point finishes, the exit code is 1."
+    """One point's stage raises: it is reported with its error, the other point finishes, the exit code is 1. Then
+    --resume reruns only the failed point, and the shared stages keep their record (status, time): not run again."""
     r = cli(toy, "sweep", "toy", "-p", "20_sum.fail=[True,False]", "--workers", "1", "--metric", "20_sum.sum.total")
     assert r.returncode == 1, r.stdout + r.stderr
     assert re.search(r"00-fail=true: failed in [\d.]+ s: stage 20_sum failed .*failed on purpose", r.stdout), r.stdout
@@ -163,3 +164,13 @@ def test_failing_point_does_not_stop_the_others(toy):
     assert man["shared_stages"] == ["10_make"] and man["shared"]["status"] == "ok"
     rows = list(csv.DictReader(open(sweep/"results.csv")))
     assert [(r["status"], r["20_sum.sum.total"]) for r in rows] == [("failed", ""), ("ok", "3.0")]
+    shared, shared_mtime = man["shared"], (sweep/"_shared"/"manifest.json").stat().st_mtime_ns
+    assert shared["seconds"] > 0 and shared["finished_at"]
+    r = cli(toy, "sweep", "toy", "--resume")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "_shared: skipped, finished earlier" in r.stdout and "_shared: running" not in r.stdout, r.stdout
+    assert "01-fail=false: skipped, finished earlier" in r.stdout and re.search(r"00-fail=true: failed in", r.stdout)
+    man = read(sweep/"sweep.json")
+    assert man["resumed"] and man["shared"] == shared                      # carried over from the first run
+    assert (sweep/"_shared"/"manifest.json").stat().st_mtime_ns == shared_mtime
+    assert [q["status"] for q in man["points"]] == ["failed", "ok"]
