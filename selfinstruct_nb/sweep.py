@@ -79,9 +79,17 @@ def point_names(points: list[dict]) -> list[str]:
         out.append(f"{i:0{width}d}-{name}"[:100])
     return out
 
-def point_overrides(grid: Grid, point: dict) -> list[str]:
+def point_overrides(grid: Grid, point: dict,
+                    stages=None,   # keep only the items that reach one of these `Stage`s (the shared run's)
+                   ) -> list[str]:
     "The `-p` items of one point's run: the fixed ones, then its values (as Python literals)."
-    return [*grid.fixed, *(f"{k}={v!r}" for k, v in point.items())]
+    items = [*grid.fixed, *(f"{k}={v!r}" for k, v in point.items())]
+    if stages is None: return items
+    def reaches(item):
+        key = item.split("=", 1)[0].strip()
+        stage, _, name = key.rpartition(".")
+        return any((s.name == stage if stage else True) and name in s.params for s in stages)
+    return [x for x in items if reaches(x)]
 
 # %% ../nbs/06_sweep.ipynb #f385b47f
 def _plan_key(plan: StagePlan) -> str:
@@ -442,7 +450,7 @@ def run_sweep(profile: str,                         # a section of settings.ini
             rec = man.setdefault("shared", {"stages": shared, "status": "pending"})
             if rec["status"] == "ok" and _finished(sdir): log("  _shared: skipped, finished earlier")
             else:
-                job = _Job(rec, sdir, spec(sdir, point_overrides(grid, points[0]), shared, sdir.exists()))
+                job = _Job(rec, sdir, spec(sdir, point_overrides(grid, points[0], [p.stage for p in plans[0] if p.stage.name in shared]), shared, sdir.exists()))
                 jobs.append(job); job.start(env); save()
                 log(f"  _shared: running {', '.join(shared)}")
                 job.finish(job.proc.wait()); save()
