@@ -105,6 +105,12 @@ def _fsync(path):
     try: os.fsync(fd)
     finally: os.close(fd)
 
+def _spend_of(client, results) -> dict:
+    "Backend calls, tokens and estimated cost of `results` (cached and journal-served ones cost nothing here)."
+    paid = [r for r in results if r.ok and not r.cached]
+    usage = {k: sum(r.usage.get(k, 0) for r in paid) for k in ("prompt_tokens", "completion_tokens")}
+    return dict(backend_calls=sum(r.attempts for r in results), **usage, est_cost_usd=round(client.cost(usage), 8))
+
 def context_prefix(i: int,                     # request number (0-based, in request order)
                    schedule: str = "window",   # "window" | "step"
                    window: int = 64,           # window: how far behind the pool a request may look
@@ -210,7 +216,10 @@ def bootstrap(client,                           # an `llm.LLMClient` (its backen
     # are written through (a SIGKILL loses nothing) and fsynced at the end
     cand_log, pool_log = JsonlAppender(out/"candidates.jsonl", fsync=False), JsonlAppender(out/"machine_instructions.jsonl", fsync=False)
     journal = JsonlAppender(rounds_path, fsync=schedule == "step")
-    session = client.session(out/"llm_journal.jsonl", desc="bootstrap requests", progress=False, count_journal=True)
+    # a journaled failure is final (`keep_failed`): sending it again after a kill could succeed where the
+    # uninterrupted run failed, and the pool would differ
+    session = client.session(out/"llm_journal.jsonl", desc="bootstrap requests", progress=False, count_journal=True,
+                             keep_failed=True)
     slots = max(client.concurrency, getattr(client.backend, "batch_size", 1))
     sent: dict[str, int] = {}           # request id -> number, for requests sent and not committed
     finished: dict[int, object] = {}    # number -> LLMResult, finished and not committed
@@ -220,12 +229,8 @@ def bootstrap(client,                           # an `llm.LLMClient` (its backen
     try:
         while (reason := stop_reason()) is None:
             for res in session.poll(): take(res)                   # 0. answers already back (or from the cache)
-            if (issued < max_requests and context_prefix(issued, schedule, window, rps) <= done
-                    and session.in_flight < slots):                # 1. send the next request if it may go
-                req = make_request(issued); sent[req.id] = issued; issued += 1
-                session.submit(req)
-                continue
-            if done in finished:                                   # 2. commit in request order
+            if done in finished:                                   # 1. commit in request order (first: a cached
+                                                                   #    answer is committed before more go out)
                 res = finished.pop(done)
                 cands, kept = _candidates(res, done // rps, machine, pool, num_instructions, n_total, chat)
                 response = dict(id=res.id, status=res.status, finish_reason=res.finish_reason, text=res.text,
@@ -246,14 +251,18 @@ def bootstrap(client,                           # an `llm.LLMClient` (its backen
                 else: sizes.append(None)
                 bar.update(min(len(machine), num_instructions) - bar.n); bar.set_postfix(requests=done, kept=len(machine))
                 continue
+            if (issued < max_requests and context_prefix(issued, schedule, window, rps) <= done
+                    and session.in_flight < slots):                # 2. send the next request if it may go
+                req = make_request(issued); sent[req.id] = issued; issued += 1
+                session.submit(req)
+                continue
             res = session.next()                                   # 3. wait for an answer
             if res is None: raise RuntimeError(f"bootstrap: request {done} was never sent")  # a bug, not a state
             take(res)
-        if schedule == "window" and not session.batched:
-            # the requests that could have been in flight when the pool filled are completed, so what the run sent
-            # (and its accounting) does not depend on timing
-            for i in range(issued, min(done + window, max_requests)): session.submit(make_request(i)); issued += 1
-        for res in session.results(): pass                         # answers in flight are journaled, not committed
+        # stopped: nothing more is sent; the answers still in flight are taken and journaled, not committed, and
+        # their spend is reported apart (`past_stop`)
+        for res in session.results(): take(res)
+        past = list(finished.values())
     finally:
         session.close(); bar.close(); cand_log.close(); pool_log.close()
         journal.close()
@@ -261,7 +270,7 @@ def bootstrap(client,                           # an `llm.LLMClient` (its backen
     return summarize_candidates(out/"candidates.jsonl", stop_reason=reason, rounds=-(-done // rps),
                                 num_instructions=num_instructions, seed_pool=len(seed_instr), schedule=schedule,
                                 **({"window": window} if schedule == "window" else {}),
-                                requests_committed=done, requests_past_stop=issued - done)
+                                requests_committed=done, requests_past_stop=len(past), past_stop=_spend_of(client, past))
 
 # %% ../nbs/12_bootstrap.ipynb #dc3fd717
 def summarize_candidates(path,                 # a `candidates.jsonl`

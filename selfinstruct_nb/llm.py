@@ -205,7 +205,9 @@ class OpenAIBackend:
         with self._cond:
             while True:
                 now = time.monotonic()
-                def limit(ep): return 1 if ep.fails_in_row >= self.breaker_failures else self.endpoint_concurrency
+                def limit(ep):   # a failing server of a fleet gets one probe at a time; a lone server is never limited
+                    if ep.fails_in_row >= self.breaker_failures and len(self.endpoints) > 1: return 1
+                    return self.endpoint_concurrency
                 free = [ep for ep in self.endpoints if ep.open_until <= now and (limit(ep) is None or ep.in_flight < limit(ep))]
                 if len(free) > 1 and avoid in free: free.remove(avoid)
                 if free:
@@ -402,14 +404,20 @@ def backoff_delay(attempt: int,               # 0 for the first retry
     return max(d, min(retry_after, 120.0)) if retry_after else d
 
 # %% ../nbs/02_llm.ipynb #e7510b3e
-def load_journal(path: str|os.PathLike) -> dict[str, tuple[str, LLMResult]]:
+def load_journal(path: str|os.PathLike,
+                 all_lines: bool = False, # `{id: [(request_key, LLMResult), ...]}`: every line of each id, in file order
+                ) -> dict:
     "`{id: (request_key, LLMResult)}` from a journal, the last line of each id winning; a torn last line is ignored."
     path = resolve(path)
     if not path.exists(): return {}
     def val(d):
         if not isinstance(d.get("request_key"), str): raise FieldError("request_key", "missing")
         return d["request_key"], LLMResult.from_dict(d)
-    return {r.id: (k, r) for k, r in read_jsonl(path, validate=val, skip_torn_tail=True)}
+    lines = read_jsonl(path, validate=val, skip_torn_tail=True)
+    if not all_lines: return {r.id: (k, r) for k, r in lines}
+    out: dict[str, list] = {}
+    for k, r in lines: out.setdefault(r.id, []).append((k, r))
+    return out
 
 # %% ../nbs/02_llm.ipynb #a4102959
 def _new_stats() -> dict:
@@ -536,10 +544,14 @@ class LLMSession:
                  desc: str = "llm",                     # progress bar label
                  progress: bool = True,                 # draw a tqdm bar
                  total: int|None = None,                # the bar's total, if known
-                 count_journal: bool = False):          # at close, count journal entries no request claimed (their
+                 count_journal: bool = False,           # at close, count journal entries no request claimed (their
                                                         # spend is part of this run: a bootstrap does not resubmit them)
-        self.client, self.count_journal = client, count_journal
-        self.previous = load_journal(journal) if journal else {}
+                 keep_failed: bool = False):            # a journaled `failed` result is final (not sent again,
+                                                        # whatever `client.retry_failed` says)
+        self.client, self.count_journal, self.keep_failed = client, count_journal, keep_failed
+        history = load_journal(journal, all_lines=True) if journal else {}
+        self.previous = {i: v[-1] for i, v in history.items()}   # the last line of each id decides
+        self.earlier = {i: [r for _, r in v[:-1]] for i, v in history.items() if len(v) > 1}  # superseded lines: spent too
         self.writer = JsonlAppender(journal, fsync=False) if journal else None
         self._sync_fd = os.open(self.writer.path, os.O_RDONLY) if self.writer else None
         sent = sent_log_path(journal) if journal else None
@@ -575,8 +587,8 @@ class LLMSession:
         key = self.keys[req.id] = request_key(self.client.backend, req)
         k, old = self.previous.get(req.id, (None, None))
         if old is not None:
-            self.claimed.add(req.id)
-            if k == key and (old.ok or not self.client.retry_failed):        # 1. the journal
+            self.claimed.add(req.id); self._spend_earlier(req.id)
+            if k == key and (old.ok or self.keep_failed or not self.client.retry_failed):   # 1. the journal
                 self.client._spend(old)
                 return self._finish(req, LLMResult(**{**asdict(old), "generation": old.generation, "cached": True,
                                                       "attempts": 0, "meta": req.meta, "retries": {}, "resent": False}),
@@ -594,6 +606,10 @@ class LLMSession:
             w = threading.Thread(target=self._work, daemon=True, name=f"llm-{len(self._workers)}"); w.start()
             self._workers.append(w)
         self._todo.put(req)
+
+    def _spend_earlier(self, rid):
+        "Count the spend of `rid`'s superseded journal lines: calls made by processes before the last one."
+        for e in self.earlier.get(rid, ()): self.client._spend(e, retried=True)
 
     def _work(self):
         while not self._stop.is_set():
@@ -666,7 +682,7 @@ class LLMSession:
         for _ in self._workers: self._todo.put(None)
         if self.count_journal:
             for i, (_, old) in self.previous.items():
-                if i not in self.claimed: self.client._count(old, resumed=True); self.client._spend(old)
+                if i not in self.claimed: self.client._count(old, resumed=True); self.client._spend(old); self._spend_earlier(i)
         if hasattr(self.client.backend, "endpoint_stats"): self.client.stats["endpoints"] = self.client.backend.endpoint_stats()
         self.pbar.close()
         if self.writer: self.sync(force=True); os.close(self._sync_fd); self._sync_fd = None; self.writer.close()
@@ -675,9 +691,9 @@ class LLMSession:
 
 @patch
 def session(self: LLMClient, journal=None, desc: str = "llm", progress: bool = True, total: int|None = None,
-            count_journal: bool = False) -> LLMSession:
+            count_journal: bool = False, keep_failed: bool = False) -> LLMSession:
     "An `LLMSession` on this client (see its parameters): submit requests one by one, take results as they finish."
-    return LLMSession(self, journal, desc, progress, total, count_journal)
+    return LLMSession(self, journal, desc, progress, total, count_journal, keep_failed)
 
 # %% ../nbs/02_llm.ipynb #e4044ed6
 @patch

@@ -391,3 +391,49 @@ def test_transformers_backend_batch_size_one(tiny_backend):
     batched = LLMClient(tiny_backend, cache=None).run(reqs)
     assert tiny_backend.generate_calls - calls0 == 4
     assert all(r.ok for r in batched)
+
+
+def test_a_single_endpoint_keeps_its_concurrency_after_failures():
+    "The breaker's one-probe-at-a-time limit is for fleets: a lone server has nowhere else to send requests."
+    be = make_backend("openai", "fake", base_url="http://127.0.0.1:9/v1", api_key_env="", breaker_failures=2)
+    ep = be.endpoints[0]; ep.fails_in_row = 5                    # five server failures in a row
+    got = []
+    t = threading.Thread(target=lambda: got.extend(be._acquire() for _ in range(3)), daemon=True)
+    t.start(); t.join(3)
+    assert len(got) == 3 and ep.in_flight == 3                   # three in flight at once, none waiting
+    fleet = make_backend("openai", "fake", base_url="http://127.0.0.1:9/v1,http://127.0.0.1:10/v1", api_key_env="",
+                         breaker_failures=2)
+    fleet.endpoints[0].fails_in_row = 5
+    picked = [fleet._acquire() for _ in range(3)]                # the failing one of a fleet takes one at a time
+    assert [e.url for e in picked].count(fleet.endpoints[0].url) == 1
+
+
+TWO_KILLS_PLAN = lambda req, attempt: "500" if req.get("prompt", "").startswith("Task 3:") and attempt <= 6 else None
+
+
+def test_two_kills_keep_every_journal_line_in_the_totals(tmp_path):
+    """r3 fails in run 1 (7 attempts, killed after), is retried OK in run 2 (killed too); run 3 still counts run 1's
+    attempts and retries: the journal's earlier lines of an id are spent, not only its last."""
+    env = {**os.environ, "SELFINSTRUCT_ROOT": str(project_root())}
+    d, n = tmp_path/"run", 300
+    journal = d/"journal.jsonl"
+    def lines():   # the journal's complete lines (a line being written is skipped)
+        return [json.loads(l) for l in journal.read_text().split("\n")[:-1]] if journal.exists() else []
+    with FakeOpenAIServer(latency=0.02, fault_plan=TWO_KILLS_PLAN) as srv:
+        for done in (lambda ls: len(ls) >= 40 and any(l["id"] == "r3" for l in ls),      # run 1: r3 journaled failed
+                     lambda ls: len(ls) >= 120 and sum(l["id"] == "r3" for l in ls) == 2):  # run 2: r3 journaled ok
+            proc = subprocess.Popen(_worker(srv.url, d, n), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            deadline = time.time() + 60
+            while not done(lines()):
+                assert proc.poll() is None, f"worker ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+                assert time.time() < deadline, "worker journaled too little in time"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL); proc.wait()
+        third = subprocess.run(_worker(srv.url, d, n), env=env, capture_output=True, text=True, timeout=120)
+        assert third.returncode == 0, third.stderr[-2000:]
+    stats = json.loads(third.stdout.strip().splitlines()[-1])
+    r3 = [(r.status, r.attempts, r.retries) for _, r in load_journal(journal, all_lines=True)["r3"]]
+    assert r3 == [("failed", 7, {"http_500": 6}), ("ok", 1, {})]
+    assert stats["backend_calls"] == sum(l["attempts"] for l in lines())  # every line's calls, r3's 7 + 1 included
+    assert stats["retries_by_reason"] == {"http_500": 7}             # 6 in run 1, and its final failure, retried in run 2
+    assert stats["requests"] == n and stats["ok"] == n
