@@ -1,12 +1,13 @@
 """`selfinstruct_nb.batch` (the OpenAI Batch API) against `fake_openai_server.py`'s `/v1/files` and `/v1/batches`:
 a process SIGKILLed while its batch is in progress resumes by polling the same batch, and every request is
 accounted for."""
-import json, os, signal, subprocess, sys, textwrap, time
+import json, os, signal, subprocess, sys, textwrap, threading, time, uuid
 
-import threading
+import pytest
 
 from fake_openai_server import FakeOpenAIServer
 from selfinstruct_nb.batch import BatchClient, batch_line, batch_state_path, load_batch_state
+from selfinstruct_nb import core
 from selfinstruct_nb.core import JsonlAppender
 from selfinstruct_nb.llm import LLMClient, LLMRequest, ResponseCache, load_journal, make_backend, request_key
 
@@ -110,3 +111,29 @@ def test_cancelled_batch_fails_its_requests(tmp_path):
         t.join()
     assert [r.reason for r in out] == ["batch_cancelled"] * 4
     assert client.stats["ok"] + client.stats["failed"] == 4
+
+
+def test_stage_41_judge_through_the_batch_api(tmp_path):
+    "Stage 41 with use_batch_api: the same totals as the synchronous test, no completion call, one batch."
+    pm = pytest.importorskip("papermill")
+    from test_judge import CANDIDATE, REF_SCORE, ROOT, cand_score, consistent_judge
+    n = 4
+    answers = tmp_path/"answers.jsonl"
+    core.write_jsonl(answers, [{"question_id": q, "answer_id": f"a{q}", "model_id": "student", "text": f"{CANDIDATE} {q}"}
+                               for q in range(1, n + 1)])
+    run_dir = tmp_path/"run"
+    with FakeOpenAIServer(responder=consistent_judge) as srv:
+        pm.execute_notebook(str(ROOT/"nbs/pipeline/41_judge.ipynb"), str(tmp_path/"out.ipynb"), kernel_name="selfinstruct-nb",
+                            cwd=str(tmp_path), progress_bar=False,
+                            parameters=dict(run_dir=str(run_dir), backend="openai", model=f"fake-judge-{uuid.uuid4().hex[:8]}",
+                                            base_url=srv.url, api_key_env="", candidate_answers=str(answers), limit=n,
+                                            reference_model="gpt35", both_orders=True, judge_max_tokens=0,
+                                            use_batch_api=True, batch_poll_interval=0.05))
+        assert srv.requests == 0                                   # nothing sent one by one
+        assert (srv.batch_counters["batches_created"], srv.batch_counters["batch_lines"]) == (1, 2 * n)
+    m = json.loads((run_dir/"41_judge/metrics.json").read_text())
+    scored = [q for q in range(1, n + 1) if q % 4 != 0]
+    assert (m["requests"], m["request_failed"], m["parsed"]) == (2 * n, 0, 2 * len(scored))
+    assert m["totals"] == {"student": 2.0 * sum(cand_score(q) for q in scored), "gpt35": 2.0 * REF_SCORE * len(scored)}
+    assert m["llm_stats"]["backend_calls"] == 2 * n
+    assert len(load_batch_state(batch_state_path(run_dir/"41_judge/journal_reviews.jsonl"))) == 1
