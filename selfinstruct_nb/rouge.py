@@ -386,16 +386,19 @@ def pairs(self: _PrefixIndex, qs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     qr, qi, tid, tj, n = qr[ok], qi[ok], tid[ok], tj[ok], n[ok]
     if not len(qr): return qr, tid
     pair = qr * self.n + tid
-    o = np.argsort(pair, kind="stable")                             # stable: each pair's matches stay in prefix order
-    pair, qi, tj, n = pair[o], qi[o], tj[o], n[o]; m = qlen[pair // self.n]
+    if len(qs) * self.n < 2**40 and max(int(qi.max()), int(tj.max())) < 2**11:   # one int64 sort: (pair, i, j)
+        key = np.sort((pair << 22) | (qi << 11) | tj)
+        pair, qi, tj = key >> 22, (key >> 11) & 2047, key & 2047
+    else:
+        o = np.lexsort((qi, pair)); pair, qi, tj = pair[o], qi[o], tj[o]
     last = np.ones(len(pair), dtype=bool); last[:-1] = pair[1:] != pair[:-1]
-    first = np.ones(len(pair), dtype=bool); first[1:] = pair[1:] != pair[:-1]
-    found = np.flatnonzero(last) - np.flatnonzero(first) + 1       # shared prefix elements of each pair
-    pl, ml, nl = pair[last], m[last], n[last]
+    found = np.diff(np.concatenate([[-1], np.flatnonzero(last)]))  # shared prefix elements of each pair
+    pl, ql, tl = pair[last], pair[last] // self.n, pair[last] % self.n
+    ml, nl = qlen[ql], self.lens[tl]
     ub = found + np.minimum(ml - 1 - qi[last], nl - 1 - tj[last])   # PPJoin's position bound on the overlap
     keep = ub >= _min_overlap(ml, nl, self.t)
     self.looked_up += int(keep.sum())
-    return pl[keep] // self.n, pl[keep] % self.n
+    return ql[keep], tl[keep]
 
 
 # %% ../nbs/10_rouge.ipynb #bd7d8eb5
