@@ -282,10 +282,12 @@ class _PrefixIndex:
         self.df = np.zeros(1024, dtype=np.int64)            # texts holding each element
         self._flat, self._off = array("q"), [0]             # all texts' element ids, text i at _off[i]:_off[i+1]
         self.lens = np.zeros(1024, dtype=np.int64); self.n = 0
+        self.sig = np.zeros(1024, dtype=np.uint64)          # 64-bit element signatures
         self._key: list[int] = []                           # frozen order: df at the last build, per element
         self._built = 0                                     # texts in the base index
-        self._base_ptr = np.zeros(1, dtype=np.int64); self._base_ids = self._base_pos = self._base_len = np.zeros(0, dtype=np.int64)
-        self._delta: dict[int, tuple[array, array]] = {}    # element -> (text ids, positions) added since the build
+        self._base_ptr, self._base = np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)  # CSR by element: postings
+        self._base_len = np.zeros(0, dtype=np.int64)        # the length of each posting's text
+        self._delta: dict[int, array] = {}                  # element -> postings added since the build
         self._plen: dict[int, int] = {}                     # text length -> prefix length
         self._lrange: dict[int, tuple[int, int]] = {}       # text length -> lengths that can reach t with it
         self._recent: dict[str, list[int]] = {}             # encoded text -> its ordered elements (the last block's)
@@ -306,6 +308,19 @@ class _PrefixIndex:
             key, nk = self._key, len(self._key)
             el = sorted(self.elements(enc), key=lambda e: (key[e] << 32 | e) if e < nk else e)
         return el
+    @staticmethod
+    def signature(el: list[int]) -> int:
+        "64 bits, bit h(e) set for each element e (h: the top 6 bits of a multiplicative hash)."
+        s = 0
+        for e in el: s |= 1 << (((e * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 58)
+        return s
+    def need_table(self, size: int) -> np.ndarray:
+        "need[m, n]: the least shared elements for lengths m, n to reach t; 2**30 where the length bound rules it out."
+        if getattr(self, "_need", None) is None or len(self._need) < size:
+            L = max(size, 64); m = np.arange(L)[:, None]; n = np.arange(L)[None, :]
+            lo, hi = _length_range(np.arange(L), np.full(L, self.t))
+            self._need = np.where((n >= lo[:, None]) & (n <= hi[:, None]), _min_overlap(m, n, self.t), 2**30).astype(np.int32)
+        return self._need
     def prefix_len(self, n: int) -> int:
         "`_prefix_len` for one length, cached."
         p = self._plen.get(n)
@@ -321,18 +336,23 @@ class _PrefixIndex:
 
 
 # %% ../nbs/10_rouge.ipynb #bfda6cdd
+_POS_BITS = 16                                                     # a posting: text id << 32 | length << 16 | position
+
 @patch
 def add(self: _PrefixIndex, enc: str) -> None:
     "Index one more text (its id is the number of texts before it)."
     el = self.ordered(enc); i = self.n
+    if len(el) >= 1 << _POS_BITS: raise ValueError(f"a text of {len(el):,} tokens: the prefix index takes up to {(1 << _POS_BITS) - 1:,}")
     self.df = _grow(self.df, len(self._ids)); self.df[el] += 1
     self.lens = _grow(self.lens, i + 1); self.lens[i] = len(el)
+    self.sig = _grow(self.sig, i + 1); self.sig[i] = self.signature(el)
     self._flat.extend(el); self._off.append(len(self._flat)); self.n += 1
     if self.n >= max(2 * self._built, 256): return self._rebuild()
+    head = (i << 32) | (len(el) << _POS_BITS)
     for j, e in enumerate(el[:self.prefix_len(len(el))]):
         d = self._delta.get(e)
-        if d is None: d = self._delta[e] = (array("q"), array("q"))
-        d[0].append(i); d[1].append(j)
+        if d is None: d = self._delta[e] = array("q")
+        d.append(head | j)
 
 @patch
 def _rebuild(self: _PrefixIndex) -> None:
@@ -347,8 +367,9 @@ def _rebuild(self: _PrefixIndex) -> None:
     pos = np.arange(len(flat)) - starts[row]
     keep = pos < _prefix_len(lens, self.t)[row]
     flat, row, pos = flat[keep], row[keep], pos[keep]
-    by = np.lexsort((lens[row], flat))                             # per element: by text length
-    self._base_ids, self._base_pos, self._base_len = row[by], pos[by], lens[row][by]
+    post = (row << 32) | (lens[row] << _POS_BITS) | pos
+    by_len = np.lexsort((lens[row], flat)); self._base = post[by_len]  # per element, by length: length bounds are slices
+    self._base_len = lens[row][by_len]
     self._base_ptr = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=len(self._ids)))])
     self._built, self._delta = self.n, {}
 
@@ -359,7 +380,7 @@ def pairs(self: _PrefixIndex, qs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     "(query rows, text ids): every pair of a query in `qs` and an indexed text that may reach ROUGE-L >= t."
     ptr, nptr, delta = self._base_ptr, len(self._base_ptr) - 1, self._delta
     self._recent = recent = {}
-    ids_parts, pos_parts, meta = [], [], []                        # meta: (query row, position in its prefix, count)
+    parts, meta = [], []                                           # meta: query row << 16 | position in its prefix, count
     for r, q in enumerate(qs):
         if not q: continue
         el = recent[q] = self.ordered(q)
@@ -370,35 +391,35 @@ def pairs(self: _PrefixIndex, qs: list[str]) -> tuple[np.ndarray, np.ndarray]:
                 if b > a:                                          # the texts of a length that can reach t
                     ls = self._base_len[a:b]
                     a, b = a + int(ls.searchsorted(lo, "left")), a + int(ls.searchsorted(hi, "right"))
-                if b > a: ids_parts.append(self._base_ids[a:b]); pos_parts.append(self._base_pos[a:b]); meta.append((r, i, b - a))
+                if b > a: parts.append(self._base[a:b]); meta.append(((r << _POS_BITS) | i, b - a))
             d = delta.get(e)
-            if d is not None:
-                ids_parts.append(np.frombuffer(d[0], dtype=np.int64)); pos_parts.append(np.frombuffer(d[1], dtype=np.int64))
-                meta.append((r, i, len(d[0])))
-    if not ids_parts: return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    tid, tj = np.concatenate(ids_parts), np.concatenate(pos_parts)
-    del ids_parts, pos_parts                                       # views of the delta arrays: release before they grow
+            if d is not None: parts.append(np.frombuffer(d, dtype=np.int64)); meta.append(((r << _POS_BITS) | i, len(d)))
+    if not parts: return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    post = np.concatenate(parts); del parts                        # views of the delta arrays: release before they grow
     meta = np.array(meta, dtype=np.int64)
-    qr, qi = np.repeat(meta[:, 0], meta[:, 2]), np.repeat(meta[:, 1], meta[:, 2])
-    qlen = np.array([len(q) for q in qs]); rng = np.array([self.length_range(k) for k in qlen.tolist()]).reshape(-1, 2)
-    n = self.lens[tid]
-    ok = (n >= rng[qr, 0]) & (n <= rng[qr, 1])                      # the length bound (the delta part is not sorted)
-    qr, qi, tid, tj, n = qr[ok], qi[ok], tid[ok], tj[ok], n[ok]
+    qri = np.repeat(meta[:, 0], meta[:, 1])
+    tid, n, qr = post >> 32, (post >> _POS_BITS) & 0xFFFF, qri >> _POS_BITS
+    qlen = np.array([len(q) for q in qs])
+    qsig = np.array([self.signature(recent[q]) if q else 0 for q in qs], dtype=np.uint64)
+    m = qlen[qr]
+    L = int(max(qlen.max(), self.lens[:self.n].max())) + 1
+    if L <= 1024: need = self.need_table(L)[m, n]                  # length bound and least overlap: one lookup
+    else:
+        lo, hi = _length_range(m, np.full(len(m), self.t))
+        need = np.where((n >= lo) & (n <= hi), _min_overlap(m, n, self.t), 2**30)
+    a, b = qsig[qr], self.sig[tid]                                 # signatures: shared elements are at most
+    ok = (m - np.bitwise_count(a & ~b) >= need) & (n - np.bitwise_count(b & ~a) >= need)   # m - |x only|, n - |y only|
+    qr, qi, tid, tj, m, n = qr[ok], qri[ok] & 0xFFFF, tid[ok], post[ok] & 0xFFFF, m[ok], n[ok]
     if not len(qr): return qr, tid
     pair = qr * self.n + tid
-    if len(qs) * self.n < 2**40 and max(int(qi.max()), int(tj.max())) < 2**11:   # one int64 sort: (pair, i, j)
-        key = np.sort((pair << 22) | (qi << 11) | tj)
-        pair, qi, tj = key >> 22, (key >> 11) & 2047, key & 2047
-    else:
-        o = np.lexsort((qi, pair)); pair, qi, tj = pair[o], qi[o], tj[o]
+    o = np.lexsort((qi, pair)); pair, qi, tj, m, n = pair[o], qi[o], tj[o], m[o], n[o]
     last = np.ones(len(pair), dtype=bool); last[:-1] = pair[1:] != pair[:-1]
     found = np.diff(np.concatenate([[-1], np.flatnonzero(last)]))  # shared prefix elements of each pair
-    pl, ql, tl = pair[last], pair[last] // self.n, pair[last] % self.n
-    ml, nl = qlen[ql], self.lens[tl]
+    ml, nl = m[last], n[last]
     ub = found + np.minimum(ml - 1 - qi[last], nl - 1 - tj[last])   # PPJoin's position bound on the overlap
     keep = ub >= _min_overlap(ml, nl, self.t)
     self.looked_up += int(keep.sum())
-    return ql[keep], tl[keep]
+    return pair[last][keep] // self.n, pair[last][keep] % self.n
 
 
 # %% ../nbs/10_rouge.ipynb #bd7d8eb5
