@@ -384,6 +384,7 @@ def pairs(self: _PrefixIndex, qs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     for r, q in enumerate(qs):
         if not q: continue
         el = recent[q] = self.ordered(q)
+        if len(el) >= 1 << _POS_BITS: raise ValueError(f"a text of {len(el):,} tokens: the prefix index takes up to {(1 << _POS_BITS) - 1:,}")
         lo, hi = self.length_range(len(el))
         for i, e in enumerate(el[:self.prefix_len(len(el))]):
             if e < nptr:
