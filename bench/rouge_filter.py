@@ -6,9 +6,13 @@ In one run:
    keep if max < 0.7, add to the pool) and by `filters.InstructionPool.filter`; the keep/drop decisions and the best
    scores must be identical (asserted), and the speed ratio is printed.
 2. The project's filter grows a pool to 52K instructions from synthetic candidates (real instruction openings
-   recombined with real sentences, plus perturbed copies), timed.
+   recombined with real sentences, plus perturbed copies), timed: about 78K candidates. The same candidates are
+   then filtered again with the exact prefilter (`exact_best=False`: a token inverted index scores only the pairs
+   that can reach 0.7); the decisions must be identical (asserted), and both times are printed.
+3. The prefiltered filter takes `--n` (default 1,000,000) candidates spliced reproducibly from word n-grams of real
+   instructions (seed tasks, user-oriented instructions, Vicuna, MT-bench, AGIEval questions, BBH inputs), timed.
 
-    SELFINSTRUCT_DATA=../shared/data python bench/rouge_filter.py [--n 2000] [--pool 52000] [--ref-workers 2]
+    SELFINSTRUCT_DATA=../shared/data python bench/rouge_filter.py [--n-ref 2000] [--pool 52000] [--n 1000000] [--ref-workers 2]
 """
 from __future__ import annotations
 import argparse, json, os, re, sys, time
@@ -91,6 +95,23 @@ def synthetic_candidates(n: int, openings: list[str], bank: list[list[str]], see
         out.append(" ".join(h[:k] + s[i:i + L]))
     return out
 
+def spliced_candidates(n: int, texts: list[str], bank: list[list[str]], seed: int = 0, p_repeat: float = 0.08) -> list[str]:
+    "n instructions spliced from word n-grams: a real instruction's opening (2-5 words) + 1-3 n-grams (2-8 words) of real text."
+    rnd = core.rng(seed, "bench-spliced")
+    heads = [w for w in (_words(t) for t in texts) if len(w) >= 4]
+    words = heads + [w for w in bank if len(w) >= 4]
+    vocab = [x for w in words[:3000] for x in w]
+    out = []
+    while len(out) < n:
+        if out and rnd.random() < p_repeat:                  # a near-duplicate of an earlier candidate
+            out.append(" ".join(perturb(_words(out[rnd.randrange(len(out))]), rnd, vocab))); continue
+        h = rnd.choice(heads); parts = h[:rnd.randint(2, min(5, len(h)))]
+        for _ in range(rnd.randint(1, 3)):
+            w = rnd.choice(words); L = rnd.randint(2, min(8, len(w))); i = rnd.randint(0, len(w) - L)
+            parts += w[i:i + L]
+        out.append(" ".join(parts))
+    return out
+
 # --- the reference: Self-Instruct's loop with rouge-score ------------------------------------------------------
 _scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 def _ref_score(cand: str, other: str) -> float: return _scorer.score(cand, other)["rougeL"].fmeasure
@@ -110,8 +131,9 @@ def reference_filter(seeds: list[str], candidates: list[str], threshold: float =
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=2000, help="candidates compared with the reference")
+    ap.add_argument("--n-ref", type=int, default=2000, help="candidates compared with the reference")
     ap.add_argument("--pool", type=int, default=52000, help="pool size grown by the project's filter (0: skip)")
+    ap.add_argument("--n", type=int, default=1_000_000, help="candidates for the prefiltered filter (0: skip)")
     ap.add_argument("--ref-workers", type=int, default=2, help="processes for the reference rouge-score loop")
     ap.add_argument("--workers", type=int, default=-1, help="threads for the project's filter (-1: all cores)")
     ap.add_argument("--json", default="", help="also write the numbers to this JSON file")
@@ -120,7 +142,7 @@ def main(argv=None):
 
     seeds = [t.instruction for t in data.seed_tasks()]
     real = real_instructions()
-    cands = make_candidates(a.n, seeds, real)
+    cands = make_candidates(a.n_ref, seeds, real)
     print(f"{len(seeds)} seeds, {len(real)} real instructions, {len(cands)} candidates; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
 
     t0 = time.perf_counter(); ref, ref_pool = reference_filter(seeds, cands, workers=a.ref_workers); t_ref = time.perf_counter() - t0
@@ -156,7 +178,7 @@ def main(argv=None):
         openings = seeds + real
         target = a.pool
         pool52 = InstructionPool(seeds, static_rules=False, workers=a.workers)
-        n_seen, t_filter, cpu_filter, pairs52, chunk, k = 0, 0.0, 0.0, 0, 4096, 0
+        n_seen, t_filter, cpu_filter, pairs52, chunk, k, all52 = 0, 0.0, 0.0, 0, 4096, 0, []
         while len(pool52) - len(seeds) < target:
             batch = synthetic_candidates(chunk, openings, bank, seed=k); k += 1
             need = target - (len(pool52) - len(seeds))
@@ -169,9 +191,10 @@ def main(argv=None):
                 for rec in r: pairs52 += size; size += rec["kept"]   # each candidate meets the pool as it stood
                 if len(pool52) - len(seeds) >= target: break
             t_filter += time.perf_counter() - t0; cpu_filter += time.process_time() - c0
-            n_seen += len(recs52)
+            n_seen += len(recs52); all52 += recs52
             print(f"  {n_seen:,} candidates -> pool {len(pool52):,} ({t_filter:.1f} s)", flush=True)
         n_machine = len(pool52) - len(seeds)
+        cands52 = [r["instruction"] for r in all52]
         print(f"52K pool: {n_seen:,} candidates filtered, {n_machine:,} kept (+{len(seeds)} seeds) in {t_filter:.1f} s wall "
               f"({t_filter / 60:.2f} min; {cpu_filter:.1f} s CPU over all threads), {pairs52:,} pairs, "
               f"{t_filter / max(pairs52, 1) * 1e9:.1f} ns/pair wall")
@@ -180,6 +203,44 @@ def main(argv=None):
         t_check = (time.perf_counter() - t0) / len(probe)
         print(f"single check() against the {len(pool52):,}-pool: {t_check * 1e3:.1f} ms per candidate")
         res.update(pool_candidates=n_seen, pool_kept=n_machine, pool_s=t_filter, pool_cpu_s=cpu_filter, pool_pairs=pairs52, check_ms=t_check * 1e3)
+
+        # the same candidates through the exact prefilter: identical decisions
+        t0, c0 = time.perf_counter(), time.process_time()
+        fast = InstructionPool(seeds, static_rules=False, workers=a.workers, exact_best=False)
+        recs_fast = fast.filter(cands52)
+        t_fast, cpu_fast = time.perf_counter() - t0, time.process_time() - c0
+        assert [(r["kept"], r["reason"]) for r in recs_fast] == [(r["kept"], r["reason"]) for r in all52], \
+            "prefiltered decisions differ from the exact filter's"
+        assert [(r["rouge_max"], r["most_similar"]) for r in recs_fast if not r["kept"]] == \
+               [(r["rouge_max"], r["most_similar"]) for r in all52 if not r["kept"]], "scores of dropped candidates differ"
+        assert fast.instructions == pool52.instructions
+        scored = fast.pool._prefix.looked_up
+        print(f"identical decisions on the {len(cands52):,}-candidate set: kept {n_machine:,}; exact filter {t_filter:.1f} s, "
+              f"prefiltered {t_fast:.1f} s ({cpu_fast:.1f} s CPU), {scored:,} of {pairs52:,} pairs scored "
+              f"({scored / max(pairs52, 1):.3%}); speed ratio {t_filter / t_fast:.1f}x", flush=True)
+        res.update(prefilter_candidates=len(cands52), prefilter_s=t_fast, prefilter_cpu_s=cpu_fast, prefilter_scored=scored)
+
+    if a.n:
+        texts = seeds + real
+        bank = sentence_bank() if not a.pool else bank
+        t0 = time.perf_counter(); big = spliced_candidates(a.n, texts, bank); t_gen = time.perf_counter() - t0
+        print(f"{len(big):,} candidates spliced from word n-grams of {len(texts):,} real instructions and {len(bank):,} "
+              f"sentences in {t_gen:.1f} s; "
+              f"e.g. {big[0]!r} / {big[1]!r}", flush=True)
+        t0, c0 = time.perf_counter(), time.process_time()
+        pm = InstructionPool(seeds, static_rules=False, workers=a.workers, exact_best=False)
+        step, pairs_all, kept_all = max(1, len(big) // 10), 0, 0
+        for s in range(0, len(big), step):
+            size = len(pm)
+            for r in pm.filter(big[s:s + step]): pairs_all += size; size += r["kept"]; kept_all += r["kept"]
+            print(f"  {min(s + step, len(big)):,} candidates -> pool {len(pm):,} ({time.perf_counter() - t0:.1f} s, "
+                  f"load {os.getloadavg()[0]:.1f})", flush=True)
+        t_big, cpu_big = time.perf_counter() - t0, time.process_time() - c0
+        scored = pm.pool._prefix.looked_up
+        print(f"{len(big):,} candidates: kept {kept_all:,} (pool {len(pm):,}) in {t_big:.1f} s wall ({t_big / 60:.2f} min; "
+              f"{cpu_big:.1f} s CPU); {scored:,} of {pairs_all:,} pairs scored ({scored / max(pairs_all, 1):.4%})")
+        res.update(million_candidates=len(big), million_kept=kept_all, million_s=t_big, million_cpu_s=cpu_big,
+                   million_pairs=pairs_all, million_scored=scored)
     if a.json: core.write_json(a.json, res)
     return res
 

@@ -3,6 +3,7 @@
 Modules:
 
 - `selfinstruct_nb.analysis`: Self-Instruct §3 (Table 1, Figures 2-4): the statistics table, the verb-noun sunburst, the ROUGE-L-to-seed histogram and the length histograms, for the seed tasks, the 252 user-oriented instructions or a generated set.
+- `selfinstruct_nb.batch`: Large offline jobs (teacher answers, ratings, judge reviews) at half the price: the same requests, cache, journal and results as `llm.LLMClient`, sent as one file and collected when the batch is done.
 - `selfinstruct_nb.bootstrap`: Self-Instruct's first stage (§2.2, Figure 1): grow a pool of instructions from the 175 seeds by asking the model for "Task 9:" onwards, keeping only new instructions that pass the filters.
 - `selfinstruct_nb.classify`: Self-Instruct's second stage (§2.2): the model itself labels each new instruction as a classification task (finite output labels) or not, with a few-shot Yes/No prompt.
 - `selfinstruct_nb.eval_rouge`: GPT-4-LLM's Unnatural Instructions figure: mean ROUGE-L against the gold output, per model, overall and per gold-length bucket (0-2, 3-5, 6-10, >10 words), with the count in each bucket.

@@ -119,12 +119,14 @@ class InstructionPool:
                  keywords: Sequence[str] = SELF_INSTRUCT_KEYWORDS, # blocked words for the static rules
                  min_words: int = 3, max_words: int = 150,         # length rule
                  tokenizer=None,                      # e.g. `rouge.chinese_tokenizer` for Chinese instructions
-                 workers: int = -1):                  # threads for scoring (-1: all cores)
+                 workers: int = -1,                   # threads for scoring (-1: all cores)
+                 exact_best: bool = True):            # False: `filter` scores only the pairs that can reach the threshold
+                                                      # (same decisions, far faster on big pools; a kept one's rouge_max is then a lower bound)
         self.threshold, self.inclusive, self.static_rules = threshold, inclusive, static_rules
         self.rule_kw = dict(keywords=tuple(keywords), min_words=min_words, max_words=max_words)
         self.rouge = RougeL(use_stemmer=use_stemmer, tokenizer=tokenizer, workers=workers)
         instructions = list(instructions)
-        self.pool = RougePool(instructions, rouge=self.rouge, prune_at=threshold)   # length bounds skip what cannot matter
+        self.pool = RougePool(instructions, rouge=self.rouge, prune_at=threshold, exact_best=exact_best)  # bounds skip what cannot matter
         self._seen: set[str] = {_norm(s) for s in instructions}
     def __len__(self): return len(self.pool)
     @property

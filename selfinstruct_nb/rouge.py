@@ -7,6 +7,7 @@ Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/rouge.html.md"""
 # %% ../nbs/10_rouge.ipynb #a8bdf5a5
 from __future__ import annotations
 import os, re, unicodedata
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Sequence
 import numpy as np
@@ -255,13 +256,200 @@ def max_scores(self: RougeL, candidates: Sequence[str], references: Sequence[str
     if not refs: idx[:] = -1
     return list(zip(best.tolist(), idx.tolist())) if return_index else best.tolist()
 
+# %% ../nbs/10_rouge.ipynb #d4dd748e
+def _min_overlap(m, n, t: float) -> np.ndarray:
+    "The least LCS (so the least shared elements) with which lengths m and n can reach F >= t (less a rounding margin)."
+    return np.ceil((t - 1e-9) * (np.asarray(m, dtype=np.float64) + np.asarray(n, dtype=np.float64)) / 2 - 1e-9).astype(np.int64)
+
+def _prefix_len(n, t: float) -> np.ndarray:
+    "How many of its first (rarest) elements a text of n tokens must be indexed or looked up under, for threshold t."
+    n = np.asarray(n, dtype=np.int64)
+    lo, _ = _length_range(n, np.full(n.shape, t))
+    alpha = np.maximum(_min_overlap(n, lo, t), 1)
+    return np.clip(n - alpha + 1, 0, n)
+
+# %% ../nbs/10_rouge.ipynb #b5b02862
+def _grow(a: np.ndarray, n: int) -> np.ndarray:
+    "`a` with room for at least n entries (zeros appended, capacity doubled)."
+    return a if len(a) >= n else np.concatenate([a, np.zeros(max(n, 2 * len(a)) - len(a), dtype=a.dtype)])
+
+class _PrefixIndex:
+    "Texts indexed under their rarest (token, occurrence) elements: the texts that may reach ROUGE-L >= t with a query."
+    def __init__(self, t: float): # the threshold
+        if not 0 < t <= 1: raise ValueError(f"threshold must be in (0, 1], got {t}")
+        self.t = t
+        self._ids: dict[tuple[str, int], int] = {}          # element -> dense id
+        self.df = np.zeros(1024, dtype=np.int64)            # texts holding each element
+        self._flat, self._off = array("q"), [0]             # all texts' element ids, text i at _off[i]:_off[i+1]
+        self.lens = np.zeros(1024, dtype=np.int64); self.n = 0
+        self.sig = np.zeros(1024, dtype=np.uint64)          # 64-bit element signatures
+        self._key: list[int] = []                           # frozen order: df at the last build, per element
+        self._built = 0                                     # texts in the base index
+        self._base_ptr, self._base = np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)  # CSR by element: postings
+        self._base_len = np.zeros(0, dtype=np.int64)        # the length of each posting's text
+        self._delta: dict[int, array] = {}                  # element -> postings added since the build
+        self._plen: dict[int, int] = {}                     # text length -> prefix length
+        self._lrange: dict[int, tuple[int, int]] = {}       # text length -> lengths that can reach t with it
+        self._recent: dict[str, list[int]] = {}             # encoded text -> its ordered elements (the last block's)
+        self.looked_up = 0                                  # pairs returned by `pairs` (to be scored), over the index's life
+    def elements(self, enc: str) -> list[int]:
+        "Element ids of an encoded text: (token, occurrence number) pairs."
+        seen, out, ids = {}, [], self._ids
+        for ch in enc:
+            k = seen.get(ch, 0); seen[ch] = k + 1
+            e = ids.get((ch, k))
+            if e is None: e = ids[(ch, k)] = len(ids)
+            out.append(e)
+        return out
+    def ordered(self, enc: str) -> list[int]:
+        "The elements of `enc`, rarest first in the frozen order (unknown to the last build: rarest of all), ties by id."
+        el = self._recent.get(enc)
+        if el is None:
+            key, nk = self._key, len(self._key)
+            el = sorted(self.elements(enc), key=lambda e: (key[e] << 32 | e) if e < nk else e)
+        return el
+    @staticmethod
+    def signature(el: list[int]) -> int:
+        "64 bits, bit h(e) set for each element e (h: the top 6 bits of a multiplicative hash)."
+        s = 0
+        for e in el: s |= 1 << (((e * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 58)
+        return s
+    def need_table(self, size: int) -> np.ndarray:
+        "need[m, n]: the least shared elements for lengths m, n to reach t; 2**30 where the length bound rules it out."
+        if getattr(self, "_need", None) is None or len(self._need) < size:
+            L = max(size, 64); m = np.arange(L)[:, None]; n = np.arange(L)[None, :]
+            lo, hi = _length_range(np.arange(L), np.full(L, self.t))
+            self._need = np.where((n >= lo[:, None]) & (n <= hi[:, None]), _min_overlap(m, n, self.t), 2**30).astype(np.int32)
+        return self._need
+    def prefix_len(self, n: int) -> int:
+        "`_prefix_len` for one length, cached."
+        p = self._plen.get(n)
+        if p is None: p = self._plen[n] = int(_prefix_len(np.array([n]), self.t)[0])
+        return p
+    def length_range(self, m: int) -> tuple[int, int]:
+        "`_length_range` at t for one length, cached."
+        r = self._lrange.get(m)
+        if r is None:
+            lo, hi = _length_range(np.array([m]), np.array([self.t]))
+            r = self._lrange[m] = (int(lo[0]), int(min(hi[0], 2**62)))
+        return r
+
+
+# %% ../nbs/10_rouge.ipynb #bfda6cdd
+_POS_BITS = 16                                                     # a posting: text id << 32 | length << 16 | position
+
+@patch
+def add(self: _PrefixIndex, enc: str) -> None:
+    "Index one more text (its id is the number of texts before it)."
+    el = self.ordered(enc); i = self.n
+    if len(el) >= 1 << _POS_BITS: raise ValueError(f"a text of {len(el):,} tokens: the prefix index takes up to {(1 << _POS_BITS) - 1:,}")
+    self.df = _grow(self.df, len(self._ids)); self.df[el] += 1
+    self.lens = _grow(self.lens, i + 1); self.lens[i] = len(el)
+    self.sig = _grow(self.sig, i + 1); self.sig[i] = self.signature(el)
+    self._flat.extend(el); self._off.append(len(self._flat)); self.n += 1
+    if self.n >= max(2 * self._built, 256): return self._rebuild()
+    head = (i << 32) | (len(el) << _POS_BITS)
+    for j, e in enumerate(el[:self.prefix_len(len(el))]):
+        d = self._delta.get(e)
+        if d is None: d = self._delta[e] = array("q")
+        d.append(head | j)
+
+@patch
+def _rebuild(self: _PrefixIndex) -> None:
+    "Freeze a new order (document frequencies now) and index every text under its prefix in it."
+    key = self.df[:len(self._ids)].copy(); self._key = key.tolist(); self._recent = {}
+    lens = self.lens[:self.n]
+    flat = np.frombuffer(self._flat, dtype=np.int64).copy()
+    row = np.repeat(np.arange(self.n), lens)
+    order = np.lexsort((flat, key[flat], row))                     # per text: rarest first
+    flat, row = flat[order], row[order]
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    pos = np.arange(len(flat)) - starts[row]
+    keep = pos < _prefix_len(lens, self.t)[row]
+    flat, row, pos = flat[keep], row[keep], pos[keep]
+    post = (row << 32) | (lens[row] << _POS_BITS) | pos
+    by_len = np.lexsort((lens[row], flat)); self._base = post[by_len]  # per element, by length: length bounds are slices
+    self._base_len = lens[row][by_len]
+    self._base_ptr = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=len(self._ids)))])
+    self._built, self._delta = self.n, {}
+
+
+# %% ../nbs/10_rouge.ipynb #462651db
+@patch
+def pairs(self: _PrefixIndex, qs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    "(query rows, text ids): every pair of a query in `qs` and an indexed text that may reach ROUGE-L >= t."
+    ptr, nptr, delta = self._base_ptr, len(self._base_ptr) - 1, self._delta
+    self._recent = recent = {}
+    parts, meta = [], []                                           # meta: query row << 16 | position in its prefix, count
+    for r, q in enumerate(qs):
+        if not q: continue
+        el = recent[q] = self.ordered(q)
+        if len(el) >= 1 << _POS_BITS: raise ValueError(f"a text of {len(el):,} tokens: the prefix index takes up to {(1 << _POS_BITS) - 1:,}")
+        lo, hi = self.length_range(len(el))
+        for i, e in enumerate(el[:self.prefix_len(len(el))]):
+            if e < nptr:
+                a, b = int(ptr[e]), int(ptr[e + 1])
+                if b > a:                                          # the texts of a length that can reach t
+                    ls = self._base_len[a:b]
+                    a, b = a + int(ls.searchsorted(lo, "left")), a + int(ls.searchsorted(hi, "right"))
+                if b > a: parts.append(self._base[a:b]); meta.append(((r << _POS_BITS) | i, b - a))
+            d = delta.get(e)
+            if d is not None: parts.append(np.frombuffer(d, dtype=np.int64)); meta.append(((r << _POS_BITS) | i, len(d)))
+    if not parts: return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    post = np.concatenate(parts); del parts                        # views of the delta arrays: release before they grow
+    meta = np.array(meta, dtype=np.int64)
+    qri = np.repeat(meta[:, 0], meta[:, 1])
+    tid, n, qr = post >> 32, (post >> _POS_BITS) & 0xFFFF, qri >> _POS_BITS
+    qlen = np.array([len(q) for q in qs])
+    qsig = np.array([self.signature(recent[q]) if q else 0 for q in qs], dtype=np.uint64)
+    m = qlen[qr]
+    L = int(max(qlen.max(), self.lens[:self.n].max())) + 1
+    if L <= 1024: need = self.need_table(L)[m, n]                  # length bound and least overlap: one lookup
+    else:
+        lo, hi = _length_range(m, np.full(len(m), self.t))
+        need = np.where((n >= lo) & (n <= hi), _min_overlap(m, n, self.t), 2**30)
+    a, b = qsig[qr], self.sig[tid]                                 # signatures: shared elements are at most
+    ok = (m - np.bitwise_count(a & ~b) >= need) & (n - np.bitwise_count(b & ~a) >= need)   # m - |x only|, n - |y only|
+    qr, qi, tid, tj, m, n = qr[ok], qri[ok] & 0xFFFF, tid[ok], post[ok] & 0xFFFF, m[ok], n[ok]
+    if not len(qr): return qr, tid
+    pair = qr * self.n + tid
+    o = np.lexsort((qi, pair)); pair, qi, tj, m, n = pair[o], qi[o], tj[o], m[o], n[o]
+    last = np.ones(len(pair), dtype=bool); last[:-1] = pair[1:] != pair[:-1]
+    found = np.diff(np.concatenate([[-1], np.flatnonzero(last)]))  # shared prefix elements of each pair
+    ml, nl = m[last], n[last]
+    ub = found + np.minimum(ml - 1 - qi[last], nl - 1 - tj[last])   # PPJoin's position bound on the overlap
+    keep = ub >= _min_overlap(ml, nl, self.t)
+    self.looked_up += int(keep.sum())
+    return pair[last][keep] // self.n, pair[last][keep] % self.n
+
+
+# %% ../nbs/10_rouge.ipynb #bd7d8eb5
+def _best_reaching(qs: list[str], ix: _PrefixIndex, enc: list[str], workers: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    "For each encoded query: the best exact ROUGE-L among the indexed texts that may reach the threshold, and its first index."
+    best, idx = np.zeros(len(qs)), np.zeros(len(qs), dtype=np.int64)
+    if not ix.n: idx[:] = -1; return best, idx
+    rows, tids = ix.pairs(qs)
+    if not len(rows): return best, idx
+    lcs = process.cpdist([qs[r] for r in rows.tolist()], [enc[i] for i in tids.tolist()], scorer=LCSseq.similarity,
+                         dtype=np.int32, workers=workers)
+    f = lcs_fmeasure(lcs, np.array([len(qs[r]) for r in rows]), ix.lens[tids])
+    o = np.lexsort((tids, -f, rows))
+    first = np.ones(len(o), dtype=bool); first[1:] = rows[o][1:] != rows[o][:-1]
+    sel = o[first]
+    best[rows[sel]] = f[sel]; idx[rows[sel]] = np.where(f[sel] > 0, tids[sel], 0)
+    return best, idx
+
 # %% ../nbs/10_rouge.ipynb #4046ed58
 class RougePool:
     "A growing list of texts, searched for each new text's best ROUGE-L (exact), in blocks on all cores."
     def __init__(self, texts: Iterable[str] = (), # initial pool (e.g. the seed instructions)
                  rouge: RougeL|None = None,       # scorer (tokenizer, stemmer, workers); default `RougeL()`
-                 prune_at: float|None = None):    # threshold hint for length bounds (e.g. 0.7); scores are exact anyway
+                 prune_at: float|None = None,     # threshold hint for length bounds (e.g. 0.7); scores are exact anyway
+                 exact_best: bool = True):        # False: `filter_incremental` scores only pairs that may reach `prune_at`
+                                                  # (same decisions; a best below it is then a lower bound)
+        if not exact_best and not prune_at: raise ValueError("exact_best=False needs a threshold: prune_at")
         self.rouge, self.prune_at = (rouge if rouge is not None else RougeL()), prune_at
+        self._prefix = None if exact_best else _PrefixIndex(prune_at)
         self.texts: list[str] = []; self._enc: list[str] = []; self._lens = np.zeros(0, dtype=np.int64)
         self._index: _LengthIndex|None = None
         self.extend(texts)
@@ -270,6 +458,8 @@ class RougePool:
         "Append texts to the pool."
         new = list(texts)
         self.texts += new; enc = [self.rouge.encode(t) for t in new]; self._enc += enc
+        if self._prefix is not None:
+            for e in enc: self._prefix.add(e)
         start = len(self._lens)
         self._lens = np.concatenate([self._lens, np.array([len(e) for e in enc], dtype=np.int64)])
         if self._index is not None and len(enc) <= 64:   # a few: insert in place; many: rebuild when next needed
@@ -301,7 +491,8 @@ def filter_incremental(self: RougePool, candidates: Sequence[str],
         texts = list(candidates[s:s+block])
         qs = [self.rouge.encode(t) for t in texts]
         base = len(self._enc)
-        best, idx = _best_block(qs, self.index, self.rouge.workers, self.prune_at)
+        best, idx = (_best_reaching(qs, self._prefix, self._enc, self.rouge.workers) if self._prefix is not None
+                     else _best_block(qs, self.index, self.rouge.workers, self.prune_at))
         qlens = np.array([len(q) for q in qs])
         inner = lcs_fmeasure(process.cdist(qs, qs, scorer=LCSseq.similarity, dtype=np.int32, workers=self.rouge.workers),
                              qlens[:, None], qlens[None, :])

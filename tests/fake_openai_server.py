@@ -10,11 +10,17 @@ In a test:
 As a process (benchmarks): `python tests/fake_openai_server.py --port 0 --latency 0.2` prints one line
 `READY http://127.0.0.1:PORT/v1` once it listens; `GET /stats` returns the counters as JSON (not counted itself).
 
+The Batch API is there too (`/v1/files`: upload, retrieve, content; `/v1/batches`: create, retrieve, list, cancel):
+a batch's lines are answered in a background thread by the same completion/chat code, through a status timeline
+(`validating` -> `in_progress` -> `finalizing` -> `completed`, or `expired` / `failed` / `cancelled`) that the
+`batch_*` options control; `srv.batch_counters` counts file uploads, batch creations, polls and lines.
+
 Faults are decided per (sha256 of the request body, attempt number) from `seed`: the n-th time the server sees the
 same body, it rolls the same dice as in any other run, so a test sees the same faults whatever the thread timing.
 """
 from __future__ import annotations
 import argparse, hashlib, json, os, random, socket, sys, threading, time
+from email.parser import BytesParser
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -74,6 +80,14 @@ class FakeOpenAIServer:
                  api_key: str|None = None,      # if set, requests must carry `Authorization: Bearer <api_key>`, else 401
                  models: list[str]|None = None, # if set, other model names get 404
                  leak_auth: bool = False,       # echo the Authorization header in error bodies (tests that clients scrub it)
+                 batch_validating: float = 0.05,  # Batch API: seconds a new batch stays `validating`
+                 batch_in_progress: float = 0.1,  # ... at least this many seconds `in_progress` (its lines are answered then)
+                 batch_hold: bool = False,        # ... and stays `in_progress` until `release_batches()` is called
+                 batch_outcome: str = "completed",  # how batches end: "completed", "expired" (the lines after the first
+                                                    # `batch_expire_after` go to the error file) or "failed" (at validation)
+                 batch_expire_after: float = 0.5, # fraction of a batch's lines answered before it expires
+                 batch_line_fault: Callable[[dict], str|None]|None = None,  # batch line body -> an HTTP status such as
+                                                                           # "400" or "500" for that line, or None
                  host: str = "127.0.0.1", port: int = 0):
         self.latency, self.seed, self.timeout_sleep, self.retry_after = latency, seed, timeout_sleep, retry_after
         self.tail_rate, self.tail_latency = tail_rate, tail_latency
@@ -82,6 +96,15 @@ class FakeOpenAIServer:
         self.responder, self.fault_plan = responder or echo_responder, fault_plan
         self.api_key, self.models, self.leak_auth = api_key, models, leak_auth
         self._lock = threading.Lock()
+        if batch_outcome not in ("completed", "expired", "failed"):
+            raise ValueError(f"batch_outcome must be 'completed', 'expired' or 'failed', got {batch_outcome!r}")
+        self.batch_validating, self.batch_in_progress, self.batch_outcome = batch_validating, batch_in_progress, batch_outcome
+        self.batch_expire_after, self.batch_line_fault = batch_expire_after, batch_line_fault
+        self._batch_release = threading.Event()
+        if not batch_hold: self._batch_release.set()
+        self.files: dict[str, dict] = {}      # file id -> {"meta": FileObject dict, "data": bytes}
+        self.batches: dict[str, dict] = {}    # batch id -> Batch dict (the API's fields)
+        self.batch_counters: Counter = Counter()  # files_created, batches_created, batch_retrieves, batch_lines, ...
         self._attempts: Counter = Counter()   # body hash -> times seen
         self.counters: Counter = Counter()    # outcome -> requests
         self.paths: Counter = Counter()       # POST path -> requests (e.g. "/v1/completions"), whatever the outcome
@@ -149,6 +172,124 @@ class FakeOpenAIServer:
         return {"id": f"cmpl-{rid}", "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": req.get("model"), "choices": [choice], "usage": usage}
 
+    # -- the Batch API
+    def release_batches(self):
+        "Let batches held `in_progress` (`batch_hold=True`) go on to finish."
+        self._batch_release.set()
+
+    def _bcount(self, key: str, n: int = 1):
+        with self._lock: self.batch_counters[key] += n
+
+    def _new_file(self, data: bytes, filename: str, purpose: str) -> dict:
+        with self._lock:
+            fid = f"file-{len(self.files) + 1:06d}"
+            meta = {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                    "filename": filename, "purpose": purpose, "status": "processed"}
+            self.files[fid] = {"meta": meta, "data": data}
+        return meta
+
+    def _batch_set(self, b: dict, status: str, **fields):
+        with self._lock:
+            b["status"] = status; b[f"{status}_at"] = int(time.time()); b.update(fields)
+
+    def _run_batch(self, b: dict, lines: list):
+        "Background life of one batch: validate, answer its lines in order, write the output and error files."
+        time.sleep(self.batch_validating)
+        bad = next((i for i, ln in enumerate(lines) if not isinstance(ln, dict) or ln.get("url") != b["endpoint"]
+                    or ln.get("method") != "POST" or not isinstance(ln.get("body"), dict) or not ln.get("custom_id")), None)
+        if self.batch_outcome == "failed" or bad is not None:
+            msg = (f"line {bad + 1}: not a POST to {b['endpoint']} with a custom_id and a body" if bad is not None
+                   else "Injected validation failure.")
+            return self._batch_set(b, "failed", errors={"object": "list", "data": [
+                {"code": "invalid_request", "message": msg, "line": None if bad is None else bad + 1, "param": None}]})
+        self._batch_set(b, "in_progress")
+        t0 = time.monotonic()
+        cut = int(len(lines) * self.batch_expire_after) if self.batch_outcome == "expired" else len(lines)
+        out, err, done = [], [], 0
+        for i, ln in enumerate(lines):
+            if b.get("cancel") or i >= cut: break
+            req, rid = ln["body"], f"req_{hashlib.sha256(json.dumps(ln, sort_keys=True).encode()).hexdigest()[:12]}"
+            fault = self.batch_line_fault(req) if self.batch_line_fault else None
+            if fault is None and self.models is not None and req.get("model") not in self.models: fault = "404"
+            if fault is None:
+                resp = {"status_code": 200, "request_id": rid, "body": self.completion_body(b["endpoint"], req)}
+                out.append({"id": f"batch_req_{i}", "custom_id": ln["custom_id"], "response": resp, "error": None})
+            else:
+                body = {"error": {"message": f"Injected HTTP {fault}.", "type": f"error_{fault}", "code": None, "param": None}}
+                err.append({"id": f"batch_req_{i}", "custom_id": ln["custom_id"],
+                            "response": {"status_code": int(fault), "request_id": rid, "body": body}, "error": None})
+            done += 1; self._bcount("batch_lines")
+            with self._lock: b["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+        while not b.get("cancel") and (time.monotonic() - t0 < self.batch_in_progress or not self._batch_release.is_set()):
+            time.sleep(0.01)
+        final = "cancelled" if b.get("cancel") else "expired" if done < len(lines) else "completed"
+        why = {"cancelled": ("batch_cancelled", "This request was cancelled before it was executed."),
+               "expired": ("batch_expired", "This request could not be executed before the completion window expired.")}
+        for i, ln in enumerate(lines[done:], done):
+            code, msg = why[final]
+            err.append({"id": f"batch_req_{i}", "custom_id": ln["custom_id"], "response": None,
+                        "error": {"code": code, "message": msg}})
+        if final == "completed": self._batch_set(b, "finalizing")
+        rnd = random.Random(f"{self.seed}:{b['id']}")
+        rnd.shuffle(out); rnd.shuffle(err)                                   # results come back in any order
+        dump = lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()
+        files = {"output_file_id": self._new_file(dump(out), "batch_output.jsonl", "batch_output")["id"] if out else None,
+                 "error_file_id": self._new_file(dump(err), "batch_errors.jsonl", "batch_output")["id"] if err else None}
+        with self._lock: b["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+        self._batch_set(b, final, **files)
+
+    def batch_api(self, method: str, path: str, body: bytes, content_type: str) -> tuple[int, object]:
+        "(status, JSON object or raw bytes) for a /v1/files or /v1/batches request."
+        parts = path.split("/")[2:]   # ["files", id, "content"] / ["batches", id, "cancel"]
+        err = lambda st, msg: (st, {"error": {"message": msg, "type": "invalid_request_error", "code": None, "param": None}})
+        if parts == ["files"] and method == "POST":
+            msg = BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+            fields = {p.get_param("name", header="content-disposition"): p for p in (msg.get_payload() or [])} \
+                if msg.is_multipart() else {}
+            if "file" not in fields or "purpose" not in fields: return err(400, "multipart body needs 'file' and 'purpose'")
+            purpose = fields["purpose"].get_payload(decode=True).decode()
+            meta = self._new_file(fields["file"].get_payload(decode=True), fields["file"].get_filename() or "upload", purpose)
+            self._bcount("files_created"); return 200, meta
+        if parts[:1] == ["files"] and len(parts) in (2, 3) and method == "GET":
+            f = self.files.get(parts[1])
+            if f is None: return err(404, f"No such File object: {parts[1]}")
+            if len(parts) == 3 and parts[2] == "content": self._bcount("file_downloads"); return 200, f["data"]
+            return (200, f["meta"]) if len(parts) == 2 else err(404, f"no route {path}")
+        if parts == ["batches"] and method == "POST":
+            try: req = json.loads(body)
+            except json.JSONDecodeError: return err(400, "body is not JSON")
+            f = self.files.get(req.get("input_file_id"))
+            if f is None: return err(400, f"No such File object: {req.get('input_file_id')}")
+            if req.get("endpoint") not in ("/v1/chat/completions", "/v1/completions"): return err(400, "unsupported endpoint")
+            try: lines = [json.loads(x) for x in f["data"].decode().splitlines() if x.strip()]
+            except json.JSONDecodeError: lines = [None]
+            with self._lock:
+                bid = f"batch_{len(self.batches) + 1:06d}"
+                b = {"id": bid, "object": "batch", "endpoint": req["endpoint"], "errors": None,
+                     "input_file_id": req["input_file_id"], "completion_window": req.get("completion_window", "24h"),
+                     "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
+                     "request_counts": {"total": len(lines), "completed": 0, "failed": 0}, "metadata": req.get("metadata")}
+                self.batches[bid] = b
+            self._bcount("batches_created")
+            threading.Thread(target=self._run_batch, args=(b, lines), daemon=True, name=bid).start()
+            return 200, self._batch_view(b)
+        if parts == ["batches"] and method == "GET":
+            with self._lock: data = [self._batch_view(b, locked=True) for b in reversed(list(self.batches.values()))]
+            return 200, {"object": "list", "data": data, "first_id": None, "last_id": None, "has_more": False}
+        if parts[:1] == ["batches"] and len(parts) in (2, 3):
+            b = self.batches.get(parts[1])
+            if b is None: return err(404, f"No such Batch object: {parts[1]}")
+            if len(parts) == 2 and method == "GET": self._bcount("batch_retrieves"); return 200, self._batch_view(b)
+            if parts[2:] == ["cancel"] and method == "POST":
+                if b["status"] in ("validating", "in_progress"):
+                    self._bcount("batches_cancelled"); b["cancel"] = True; self._batch_set(b, "cancelling")
+                return 200, self._batch_view(b)
+        return err(404, f"no route {path}")
+
+    def _batch_view(self, b: dict, locked: bool = False) -> dict:
+        if locked: return {k: v for k, v in b.items() if k != "cancel"}
+        with self._lock: return {k: v for k, v in b.items() if k != "cancel"}
+
     def _handler_class(self):
         server = self
 
@@ -171,7 +312,21 @@ class FakeOpenAIServer:
                 if server.leak_auth: msg += f" (auth header was: {self.headers.get('Authorization')})"
                 self._send(status, {"error": {"message": msg, "type": code, "code": code, "param": None}}, headers=headers)
 
+            def _batch_api(self, method, body=b""):
+                if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                    return self._error(401, "invalid_api_key", "Incorrect API key provided.")
+                status, obj = server.batch_api(method, self.path.split("?")[0].rstrip("/"), body,
+                                               self.headers.get("Content-Type", ""))
+                if isinstance(obj, bytes):
+                    try:
+                        self.send_response(status); self.send_header("Content-Type", "application/octet-stream")
+                        self.send_header("Content-Length", str(len(obj))); self.end_headers(); self.wfile.write(obj)
+                    except (BrokenPipeError, ConnectionResetError): self.close_connection = True
+                    return
+                self._send(status, obj)
+
             def do_GET(self):
+                if self.path.startswith(("/v1/files", "/v1/batches")): return self._batch_api("GET")
                 if self.path.rstrip("/") == "/v1/models":
                     return self._send(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"}
                                                                        for m in (server.models or ["fake"])]})
@@ -182,6 +337,7 @@ class FakeOpenAIServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = self.path.rstrip("/")
                 with server._lock: server.paths[path] += 1
+                if path.startswith(("/v1/files", "/v1/batches")): return self._batch_api("POST", body)
                 if path not in ("/v1/completions", "/v1/chat/completions"):
                     server.count("404"); return self._error(404, "not_found", f"no route {self.path}")
                 if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":

@@ -157,3 +157,52 @@ def test_max_scores_pruned_on_real_data():
     rl = RougeL()
     full = rl.max_scores(user, seeds, return_index=True)
     for hint in (0.3, 0.5, 0.7): assert rl.max_scores(user, seeds, return_index=True, prune_at=hint) == full
+
+
+# ------------------------------------------------- the exact prefilter (token prefix index) for big pools
+def _random_texts(n, seed, vocab, lo=1, hi=16):
+    g = np.random.default_rng(seed)
+    return [" ".join(f"w{x}" for x in g.integers(0, vocab, g.integers(lo, hi))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("t", [0.3, 0.5, 0.7, 0.9, 1.0])
+def test_prefix_index_finds_every_pair_that_can_reach_t(t):
+    "Every (query, pool text) pair whose exact ROUGE-L reaches t is among the pairs the index returns, across rebuilds."
+    rl = RougeL()
+    for vocab in (6, 40):                       # many repeated tokens; a wider vocabulary
+        pool, qs = _random_texts(700, 1, vocab), _random_texts(150, 2, vocab)
+        ix = rouge._PrefixIndex(t)
+        for s in pool: ix.add(rl.encode(s))
+        assert 0 < ix._built < ix.n             # a base part and a delta part
+        rows, ids = ix.pairs([rl.encode(q) for q in qs])
+        found = set(zip(rows.tolist(), ids.tolist()))
+        full = rl.score_matrix(qs, pool)
+        must = set(zip(*[a.tolist() for a in np.nonzero(full >= t)]))
+        assert must and must <= found, sorted(must - found)[:5]
+        assert len(found) < full.size
+
+
+@pytest.mark.parametrize("inclusive", [True, False])
+def test_prefiltered_filter_same_decisions_on_real_data(inclusive):
+    "InstructionPool(exact_best=False).filter: the same decisions as the full search, the same scores for dropped ones."
+    from selfinstruct_nb.filters import InstructionPool
+    rnd = random.Random(3)
+    seeds = [t.instruction for t in data.seed_tasks()]
+    cands = [t.instruction for t in data.user_oriented_tasks()] + list(data.load_vicuna_questions()["text"])
+    for s in rnd.sample(seeds, 80) + rnd.sample(cands, 120):   # near-duplicates: a word dropped, swapped or repeated
+        w = s.split(); i = rnd.randrange(len(w) - 1); op = rnd.random()
+        if op < 0.4: del w[i]
+        elif op < 0.7: w[i], w[i + 1] = w[i + 1], w[i]
+        else: w.insert(i, w[i])
+        cands.append(" ".join(w))
+    rnd.shuffle(cands)
+    cands += [t.instruction for t in data.seed_tasks()][:20]   # exact repeats of the pool
+    full = InstructionPool(seeds, static_rules=False, inclusive=inclusive).filter(cands, block=64)
+    fast_pool = InstructionPool(seeds, static_rules=False, inclusive=inclusive, exact_best=False)
+    fast = fast_pool.filter(cands, block=64)
+    assert [(r["kept"], r["reason"]) for r in fast] == [(r["kept"], r["reason"]) for r in full]
+    assert [(r["rouge_max"], r["most_similar"]) for r in fast if not r["kept"]] == \
+           [(r["rouge_max"], r["most_similar"]) for r in full if not r["kept"]]
+    assert all(f["rouge_max"] <= e["rouge_max"] < 0.7 for f, e in zip(fast, full) if e["kept"])   # a lower bound
+    assert 50 < sum(not r["kept"] for r in full) < len(full) - 50
+    assert fast_pool.pool._prefix.looked_up < 0.2 * len(cands) * len(fast_pool)   # most pairs were never scored
