@@ -21,7 +21,7 @@ from .core import (Generation, FieldError, JsonlAppender, canonical_json, read_j
 
 # %% auto #0
 __all__ = ['SAMPLING_PARAMS', 'normalize_params', 'LLMRequest', 'LLMResult', 'prompt_hash', 'request_key', 'Completion',
-           'BackendError', 'MissingAPIKeyError', 'split_base_urls', 'OpenAIBackend', 'cut_at_stop',
+           'BackendError', 'MissingAPIKeyError', 'split_base_urls', 'OpenAIBackend', 'cut_at_stop', 'PenaltyProcessor',
            'TransformersBackend', 'make_backend', 'ResponseCache', 'backoff_delay', 'load_journal', 'LLMClient',
            'sent_log_path', 'LLMSession']
 
@@ -296,13 +296,25 @@ def cut_at_stop(text: str, stop: list|None) -> tuple[str, bool]:
     cuts = [i for i in (text.find(s) for s in stop or []) if i >= 0]
     return (text[:min(cuts)], True) if cuts else (text, False)
 
+# %% ../nbs/02_llm.ipynb #251c0b1f
+class PenaltyProcessor:
+    "OpenAI's presence/frequency penalties as a `generate` logits processor, over the generated tokens only."
+    def __init__(self, prompt_len: int, presence: float = 0.0, frequency: float = 0.0):
+        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
+    def __call__(self, input_ids, scores):
+        import torch
+        gen = input_ids[:, self.prompt_len:]
+        if gen.shape[1] == 0: return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, gen, torch.ones_like(gen, dtype=scores.dtype))
+        return scores - self.presence * (counts > 0).to(scores.dtype) - self.frequency * counts
+
 # %% ../nbs/02_llm.ipynb #337fa301
 class TransformersBackend:
     "A local causal LM (hub id, folder, or `tiny`) generating in left-padded batches on CPU or CUDA."
     kind = "transformers"
-    SUPPORTED = {"temperature", "top_p", "max_tokens", "stop", "seed"}
+    SUPPORTED = {"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty"}
     def __init__(self,
-                 model: str = "tiny",        # hub id, local folder, or "tiny" (selfinstruct_nb.tinymodel)
+                 model: str = "tiny",        # hub id, local folder, "tiny" or "gemma-3-270m" (tinymodel.resolve_model)
                  device: str = "auto",       # "auto" | "cpu" | "cuda" | "cuda:1" ...
                  dtype=None,                 # default: bf16 on CUDA, fp32 on CPU
                  batch_size: int = 8,        # requests per `generate` call
@@ -333,8 +345,12 @@ class TransformersBackend:
         texts = [self._render(r) for r in reqs]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=reqs[0].mode == "completion").to(self.model.device)
         temperature = p.get("temperature", 1.0)
+        eos_ids = _eos_ids(self.model, tok)   # Gemma's chat turns end with <end_of_turn>, listed in its generation_config
         kw = dict(max_new_tokens=p.get("max_tokens", self.max_new_tokens), do_sample=temperature > 0,
-                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                  pad_token_id=tok.pad_token_id, eos_token_id=eos_ids)
+        if p.get("presence_penalty") or p.get("frequency_penalty"):
+            kw["logits_processor"] = [PenaltyProcessor(enc["input_ids"].shape[1], p.get("presence_penalty", 0.0),
+                                                       p.get("frequency_penalty", 0.0))]
         if temperature > 0: kw.update(temperature=temperature, top_p=p.get("top_p", 1.0), top_k=0)
         else: kw.update(temperature=None, top_p=None, top_k=None)
         if p.get("stop"): kw.update(stop_strings=p["stop"], tokenizer=tok)   # stop early; we cut the text below
@@ -346,7 +362,7 @@ class TransformersBackend:
         ignored = sorted(set(p) - self.SUPPORTED)
         results = []
         for i, row in enumerate(new):
-            eos = next((j for j, t in enumerate(row) if t == tok.eos_token_id), None)
+            eos = next((j for j, t in enumerate(row) if t in eos_ids), None)
             gen_ids = row[:eos] if eos is not None else [t for t in row if t != tok.pad_token_id]
             text, stopped = cut_at_stop(tok.decode(gen_ids, skip_special_tokens=True), p.get("stop"))
             finish = "stop" if (stopped or eos is not None) else "length"
@@ -354,16 +370,26 @@ class TransformersBackend:
             results.append(Completion(text, finish, usage, ignored))
         return results
 
+
+#| export
+def _eos_ids(model, tok) -> list[int]:
+    gc = getattr(model.generation_config, "eos_token_id", None)
+    ids = [tok.eos_token_id, *(gc if isinstance(gc, list) else [gc] if gc is not None else [])]
+    return [i for i in dict.fromkeys(ids) if i is not None]
+
 # %% ../nbs/02_llm.ipynb #d57dad70
-def make_backend(kind: str,                    # "openai" | "transformers"
-                 model: str,                   # server model name, hub id, folder, or "tiny"
+def make_backend(kind: str,                    # "openai" | "transformers" | "llamacpp"
+                 model: str,                   # server model name, hub id, folder, "tiny", "gemma-3-270m" or a .gguf
                  base_url: str|None = None,    # openai: server URL, or several (a list or comma-separated)
                  api_key_env: str = "OPENAI_API_KEY",  # openai: NAME of the env var with the key ("" = none)
                  **kw):                        # passed to the backend's constructor
     "The backend of `kind` for `model`."
     if kind == "openai": return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, **kw)
     if kind == "transformers": return TransformersBackend(model, **kw)
-    raise ValueError(f"unknown backend kind {kind!r}: expected 'openai' or 'transformers'")
+    if kind == "llamacpp":
+        from selfinstruct_nb.gemma import LlamaCppBackend   # llama.cpp in-process (the `llamacpp` extra)
+        return LlamaCppBackend(model, **kw)
+    raise ValueError(f"unknown backend kind {kind!r}: expected 'openai', 'transformers' or 'llamacpp'")
 
 # %% ../nbs/02_llm.ipynb #f69b3ebe
 class ResponseCache:

