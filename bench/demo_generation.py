@@ -69,14 +69,11 @@ def main(argv=None):
         elif name == "transformers": backend = make_backend("transformers", GEMMA, batch_size=a.batch_size, device="cpu")
         else: raise SystemExit(f"unknown backend {name!r}")
         load_s = time.perf_counter() - t0
-        call = backend.call if name.startswith("llamacpp") else None
-        if name == "llamacpp-noreuse":   # every call starts from an empty KV cache
-            backend.call = lambda req, timeout=None, _c=call: (backend.llm.reset(), _c(req, timeout))[1]
+        if name.startswith("llamacpp"): backend.reuse_prefix = name == "llamacpp"   # noreuse: every call from an empty KV cache
         reused0 = getattr(backend, "reused_prompt_tokens", 0)
         for w, reqs in wl.items():
             rows[name, w] = timed(backend, reqs)
             print(f"  {name:18} {w:10} {rows[name, w]['s']:7.1f} s", flush=True)
-        if call is not None: backend.__dict__.pop("call", None)
         rows[name, "load"] = load_s
         rows[name, "reused"] = getattr(backend, "reused_prompt_tokens", 0) - reused0
     print(f"\n{'backend':18} {'workload':10} {'requests':>8} {'seconds':>8} {'req/s':>7} {'gen tok':>8} {'tok/s':>7} "
