@@ -201,7 +201,8 @@ class LlamaCppBackend:
                  n_threads: int|None = None,  # CPU threads; default: half the cores (llama.cpp's default; see below)
                  batch_size: int = 16,        # requests per `call_batch` (run one after another, sorted by prompt)
                  max_new_tokens: int = 256,   # when a request gives no max_tokens
-                 chat_template: str|None = None): # default: the GGUF's own, else Gemma's turn format
+                 chat_template: str|None = None, # default: the GGUF's own, else Gemma's turn format
+                 reuse_prefix: bool = True):  # False: every call starts from an empty KV cache (see below)
         try: from llama_cpp import Llama
         except ImportError:
             raise ModelFileError("the llamacpp backend needs llama-cpp-python: pip install 'selfinstruct-nb[llamacpp]'") from None
@@ -213,7 +214,7 @@ class LlamaCppBackend:
         atexit.register(_close_llama, weakref.ref(self.llm))  # free it before interpreter teardown (a noisy __del__ otherwise)
         template = chat_template or self.llm.metadata.get("tokenizer.chat_template") or GEMMA_CHAT_TEMPLATE
         self._chat, self._chat_stop = _chat_renderer(template), ["<end_of_turn>"] if "<end_of_turn>" in template else []
-        self.n_ctx, self.batch_size, self.max_new_tokens = n_ctx, batch_size, max_new_tokens
+        self.n_ctx, self.batch_size, self.max_new_tokens, self.reuse_prefix = n_ctx, batch_size, max_new_tokens, reuse_prefix
         self._lock = threading.Lock()
         self.calls = self.reused_prompt_tokens = 0
     def __repr__(self): return f"LlamaCppBackend(model={self.name!r}, n_ctx={self.n_ctx}, batch_size={self.batch_size})"
@@ -239,7 +240,10 @@ class LlamaCppBackend:
             tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
             if len(tokens) + kw["max_tokens"] > self.n_ctx:
                 raise BackendError("context_length", f"{len(tokens)} prompt + {kw['max_tokens']} new tokens > n_ctx {self.n_ctx}")
-            reused = Llama.longest_token_prefix(self.llm._input_ids.tolist(), tokens) if self.llm.n_tokens else 0
+            if not self.reuse_prefix or self.llm.n_tokens == 0 or self.llm._input_ids[0] != tokens[0]:
+                self.llm.reset(); self.llm.eval(tokens[:1])   # BOS alone first: every prompt then takes the same path
+                reused = 0
+            else: reused = Llama.longest_token_prefix(self.llm._input_ids[:self.llm.n_tokens].tolist(), tokens)
             try: out = self.llm.create_completion(prompt, **kw)
             except (RuntimeError, ValueError) as e: raise BackendError("llamacpp", " ".join(str(e).split())[:300]) from None
             self.calls += 1; self.reused_prompt_tokens += reused
