@@ -32,7 +32,7 @@ def main(argv=None):
         print(f"server latency {a.latency:.1f} s, {a.rounds} steps x 4 requests per point, 4 points, "
               f"{os.cpu_count()} CPUs, load average before {load0[0]:.2f}", flush=True)
         for workers in (1, 2):
-            params = ["seed=[0,1,2,3]", "backend=openai", "model=teacher", f"base_url={srv.url}", 'api_key_env=""',
+            params = ["seed=[0,1,2,3]", "teacher_backend=openai", "teacher_model=teacher", f"teacher_base_url={srv.url}", 'teacher_api_key_env=""',
                       f"cache={tmp}/llm-w{workers}.sqlite", "num_instructions=100000", f"max_rounds={a.rounds}",
                       "requests_per_round=4", "concurrency=4"]
             n0, t0 = srv.requests, time.perf_counter()

@@ -6,7 +6,7 @@ Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/gemma.html.md"""
 
 # %% ../nbs/05_gemma.ipynb #48535956
 from __future__ import annotations
-import argparse, atexit, hashlib, json, os, shutil, sys, tempfile, threading, time, weakref
+import argparse, atexit, contextlib, hashlib, io, json, os, shutil, sys, tempfile, threading, time, weakref
 from pathlib import Path
 
 from .core import canonical_json, resolve
@@ -209,8 +209,9 @@ class LlamaCppBackend:
         self.name, self.path = model, gguf_path(model)
         self.model_id = model if model in NAMED_MODELS else self.path.name
         n_threads = n_threads or max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // 2)
-        self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                         last_n_tokens_size=n_ctx, seed=0, verbose=False)
+        with contextlib.redirect_stderr(io.StringIO()):  # llama.cpp's load notes (its level-0 lines print even when not verbose)
+            self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                             last_n_tokens_size=n_ctx, seed=0, verbose=False)
         atexit.register(_close_llama, weakref.ref(self.llm))  # free it before interpreter teardown (a noisy __del__ otherwise)
         template = chat_template or self.llm.metadata.get("tokenizer.chat_template") or GEMMA_CHAT_TEMPLATE
         self._chat, self._chat_stop = _chat_renderer(template), ["<end_of_turn>"] if "<end_of_turn>" in template else []

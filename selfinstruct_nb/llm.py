@@ -343,7 +343,14 @@ class TransformersBackend:
         import torch
         tok, p = self.tokenizer, reqs[0].params
         texts = [self._render(r) for r in reqs]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=reqs[0].mode == "completion").to(self.model.device)
+        ids = [tok(t, add_special_tokens=reqs[0].mode == "completion", verbose=False)["input_ids"] for t in texts]  # lengths handled here
+        window = getattr(self.model.config, "max_position_embeddings", None)
+        keep = max(1, window - p.get("max_tokens", self.max_new_tokens)) if window else None
+        cut = [max(0, len(x) - keep) if keep else 0 for x in ids]   # a prompt too long for the window loses its start, counted
+        ids = [x[c:] for x, c in zip(ids, cut)]
+        width, pad = max(map(len, ids)), tok.pad_token_id
+        enc = {"input_ids": torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.model.device),   # left padding
+               "attention_mask": torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.model.device)}
         temperature = p.get("temperature", 1.0)
         eos_ids = _eos_ids(self.model, tok)   # Gemma's chat turns end with <end_of_turn>, listed in its generation_config
         kw = dict(max_new_tokens=p.get("max_tokens", self.max_new_tokens), do_sample=temperature > 0,
@@ -366,7 +373,8 @@ class TransformersBackend:
             gen_ids = row[:eos] if eos is not None else [t for t in row if t != tok.pad_token_id]
             text, stopped = cut_at_stop(tok.decode(gen_ids, skip_special_tokens=True), p.get("stop"))
             finish = "stop" if (stopped or eos is not None) else "length"
-            usage = {"prompt_tokens": int(enc["attention_mask"][i].sum()), "completion_tokens": len(gen_ids) + (eos is not None)}
+            usage = {"prompt_tokens": int(enc["attention_mask"][i].sum()), "completion_tokens": len(gen_ids) + (eos is not None),
+                     **({"prompt_tokens_cut": cut[i]} if cut[i] else {})}
             results.append(Completion(text, finish, usage, ignored))
         return results
 
