@@ -583,16 +583,19 @@ def run_profile(profile: str,                       # a section of settings.ini
     # every check before anything is written: a failed one leaves no run folder
     kinfo = kernel_info(kernel)
     old = {}
-    if run_dir is not None:             # a given folder (a sweep point): resume it if a run started there
+    given = run_dir is not None         # a given folder (a sweep point, maybe holding stages copied from a shared run)
+    if given:
         run_dir = Path(run_dir).absolute()
-        resume = run_dir if resume and (run_dir/"manifest.json").exists() else None
+        resume = run_dir if resume and run_dir.is_dir() else None
     if resume:
         run_dir = latest_run_dir(outputs_dir, profile) if resume is True else Path(resume).absolute()
         if run_dir is None: raise ConfigError(f"--resume: no earlier run {_rel(outputs_dir)}/{profile}-* to continue; run without --resume")
         if not run_dir.is_dir(): raise ConfigError(f"--resume {resume}: no such run folder; give one of {_rel(outputs_dir)}/{profile}-*")
-        if not (run_dir/"manifest.json").exists(): raise ConfigError(f"--resume {_rel(run_dir)}: not a run folder (no manifest.json); give one of {_rel(outputs_dir)}/{profile}-*")
-        try: old = json.loads((run_dir/"manifest.json").read_text(encoding="utf-8"))
-        except ValueError as e: raise ConfigError(f"--resume {_rel(run_dir)}: manifest.json is not valid JSON ({e}); start a new run") from None
+        if not (run_dir/"manifest.json").exists():
+            if not given: raise ConfigError(f"--resume {_rel(run_dir)}: not a run folder (no manifest.json); give one of {_rel(outputs_dir)}/{profile}-*")
+        else:
+            try: old = json.loads((run_dir/"manifest.json").read_text(encoding="utf-8"))
+            except ValueError as e: raise ConfigError(f"--resume {_rel(run_dir)}: manifest.json is not valid JSON ({e}); start a new run") from None
         if old.get("profile", profile) != profile:
             raise ConfigError(f"--resume {_rel(run_dir)}: that run used profile '{old['profile']}', not '{profile}'")
     data_info = check_data()
