@@ -42,6 +42,13 @@ class RecordingClient(LLMClient):
         return s
 
 
+def faulty_server(latency=0.2, tail_rate=0.1, tail_latency=2.0, faults=0.1, **kw) -> FakeOpenAIServer:
+    "The bench's server: Self-Instruct's responder, a long tail, `faults` of attempts answered 429, 500 (2/5 each) or dropped (1/5)."
+    f = faults / 5
+    return FakeOpenAIServer(responder=SelfInstructResponder(), latency=latency, tail_rate=tail_rate, tail_latency=tail_latency,
+                            rate_429=2 * f, rate_500=2 * f, rate_drop=f, seed=0, **kw)
+
+
 def run(url, seeds, out, cache, schedule, a, window=None) -> dict:
     client = RecordingClient(make_backend("openai", "teacher", base_url=url, api_key_env=""), cache=cache,
                              concurrency=a.concurrency)
@@ -71,9 +78,7 @@ def main(argv=None):
     seeds = data.seed_tasks()
     tmp = Path(tempfile.mkdtemp(prefix="bench-bootstrap-"))
     load0 = os.getloadavg()[0]
-    f = a.faults / 5
-    with FakeOpenAIServer(responder=SelfInstructResponder(), latency=a.latency, tail_rate=a.tail_rate,
-                          tail_latency=a.tail_latency, rate_429=2 * f, rate_500=2 * f, rate_drop=f, seed=0) as srv:
+    with faulty_server(a.latency, a.tail_rate, a.tail_latency, a.faults) as srv:
         nominal = a.latency * (1 - a.tail_rate) + a.tail_latency * a.tail_rate
         print(f"server: {a.latency * 1000:.0f} ms answers, {a.tail_rate:.0%} at {a.tail_latency:.1f} s (mean of one attempt "
               f"{nominal:.3f} s), {a.faults:.0%} faults "

@@ -7,7 +7,7 @@ Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/llm.html.md"""
 
 # %% ../nbs/02_llm.ipynb #47881712
 from __future__ import annotations
-import json, os, queue, random, sqlite3, threading, time
+import json, os, queue, random, sqlite3, statistics, threading, time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -20,10 +20,11 @@ from .core import (Generation, FieldError, JsonlAppender, canonical_json, read_j
                                   stable_hash)
 
 # %% auto #0
-__all__ = ['SAMPLING_PARAMS', 'normalize_params', 'LLMRequest', 'LLMResult', 'prompt_hash', 'request_key', 'Completion',
-           'BackendError', 'MissingAPIKeyError', 'split_base_urls', 'OpenAIBackend', 'cut_at_stop', 'PenaltyProcessor',
-           'TransformersBackend', 'make_backend', 'ResponseCache', 'backoff_delay', 'load_journal', 'LLMClient',
-           'sent_log_path', 'LLMSession']
+__all__ = ['SAMPLING_PARAMS', 'OVERLOAD_CODES', 'normalize_params', 'LLMRequest', 'LLMResult', 'prompt_hash', 'request_key',
+           'Completion', 'BackendError', 'MissingAPIKeyError', 'split_base_urls', 'OpenAIBackend', 'cut_at_stop',
+           'PenaltyProcessor', 'TransformersBackend', 'make_backend', 'ResponseCache', 'backoff_delay', 'load_journal',
+           'LimitWindow', 'AdaptiveLimit', 'simulate_limit', 'configure_concurrency', 'LLMClient', 'sent_log_path',
+           'LLMSession']
 
 # %% ../nbs/02_llm.ipynb #a66d7aa0
 SAMPLING_PARAMS = {"temperature": float, "top_p": float, "max_tokens": int, "stop": list,
@@ -160,6 +161,7 @@ class _Endpoint:
         self.client, self.url = client, str(client.base_url).rstrip("/")
         self.in_flight = self.requests = self.ok = self.failed = self.opened = self.fails_in_row = 0
         self.open_until, self.latency_sum, self.latencies = 0.0, 0.0, deque(maxlen=10_000)
+        self.limiter = None   # an `AdaptiveLimit` when the client's concurrency is "auto" (`configure_concurrency`)
 
 # failures that say "this server is unwell" (a 4xx or a 429 says nothing against the server)
 _BREAKER_CODES = ("connection", "timeout", "malformed")
@@ -207,12 +209,14 @@ class OpenAIBackend:
                 now = time.monotonic()
                 def limit(ep):   # a failing server of a fleet gets one probe at a time; a lone server is never limited
                     if ep.fails_in_row >= self.breaker_failures and len(self.endpoints) > 1: return 1
+                    if ep.limiter is not None: return min(ep.limiter.limit, self.endpoint_concurrency or ep.limiter.limit)
                     return self.endpoint_concurrency
                 free = [ep for ep in self.endpoints if ep.open_until <= now and (limit(ep) is None or ep.in_flight < limit(ep))]
                 if len(free) > 1 and avoid in free: free.remove(avoid)
                 if free:
                     ep = min(free, key=lambda e: (e.in_flight, e.requests))
                     ep.in_flight += 1; ep.requests += 1
+                    if ep.limiter is not None: ep.limiter.sent(time.monotonic())
                     return ep
                 wake = [ep.open_until - now for ep in self.endpoints if ep.open_until > now]
                 self._cond.wait(min(wake + [0.5]))
@@ -220,6 +224,8 @@ class OpenAIBackend:
     def _release(self, ep: _Endpoint, seconds: float, err: BackendError|None):
         with self._cond:
             ep.in_flight -= 1; ep.latency_sum += seconds; ep.latencies.append(seconds)
+            if ep.limiter is not None:
+                now = time.monotonic(); ep.limiter.done(now - seconds, now, err.code if err is not None else None)
             if err is None: ep.ok += 1; ep.fails_in_row = 0; ep.open_until = 0.0
             else:
                 ep.failed += 1
@@ -242,7 +248,8 @@ class OpenAIBackend:
                 out[ep.url] = {"requests": ep.requests, "ok": ep.ok, "failed": ep.failed,
                                "mean_latency_s": round(ep.latency_sum / ep.requests, 4) if ep.requests else None,
                                "p50_latency_s": q(0.5), "p95_latency_s": q(0.95), "circuit_opened": ep.opened,
-                               "in_rotation": ep.open_until <= time.monotonic()}
+                               "in_rotation": ep.open_until <= time.monotonic(),
+                               **({"concurrency": ep.limiter.summary()} if ep.limiter is not None else {})}
         return out
 
     def call(self, req: LLMRequest, timeout: float|None = None) -> Completion:
@@ -453,6 +460,162 @@ def load_journal(path: str|os.PathLike,
     for k, r in lines: out.setdefault(r.id, []).append((k, r))
     return out
 
+# %% ../nbs/02_llm.ipynb #dbc14d11
+# failures that say "send less": a rate limit, a full queue, an answer that never came
+OVERLOAD_CODES = ("http_429", "http_503", "timeout")
+
+@dataclass
+class LimitWindow:
+    "What one window of answers saw at one limit."
+    limit: int                # the limit in force
+    answers: int              # answers counted (ok, or an overload failure)
+    latency: float|None       # their median latency, seconds (ok answers and timeouts)
+    throughput: float         # requests per second by Little's law: mean requests in flight / median latency
+    overloaded: int           # answers that were 429, 503 or a timeout
+    saturated: bool           # the limit was reached in the window
+    samples: list = field(default_factory=list, repr=False)  # the latencies
+
+class AdaptiveLimit:
+    "A limit on requests in flight that finds a server's knee: it grows while throughput grows and backs off when only latency grows, or on 429/503/timeouts."
+    def __init__(self,
+                 ceiling: int = 64,           # never more in flight
+                 initial: int = 4,            # the first limit (it doubles each window until latency grows: slow start)
+                 floor: int = 1,              # never fewer
+                 tolerance: float = 1.4,      # a window's median latency above this times the base latency is queueing
+                 backoff: float = 0.7,        # a back-off multiplies the limit by this
+                 min_gain: float = 0.3,       # throughput "grows" if it grew by at least this share of the limit's growth
+                 overload_share: float = 0.1, # a window with more than this share (and 3 or more) of 429/503/timeouts backs off
+                 min_samples: int = 32,       # a window closes after max(limit, min_samples) answers (slow start: `start_samples`)
+                 start_samples: int = 8,      # ... during slow start, where the latency jumps are large
+                 base_samples: int = 64,      # the base latency pools the lowest limits' answers until it has this many
+                 memory: int = 30,            # windows remembered (the base latency and the throughputs to beat)
+                 probe_every: int = 32,       # every this many windows, one window at half the limit re-measures the base
+                 max_step: float = 0.25):     # the growing step is at most this share of the limit
+        if not (isinstance(floor, int) and isinstance(ceiling, int) and 1 <= floor <= ceiling):
+            raise ValueError(f"AdaptiveLimit: expected integers 1 <= floor <= ceiling, got floor={floor!r}, ceiling={ceiling!r}")
+        if not (tolerance > 1 and 0 < backoff < 1):
+            raise ValueError(f"AdaptiveLimit: expected tolerance > 1 and 0 < backoff < 1, got {tolerance}, {backoff}")
+        self.ceiling, self.floor, self.tolerance, self.backoff, self.min_gain = ceiling, floor, tolerance, backoff, min_gain
+        self.overload_share, self.min_samples, self.start_samples = overload_share, min_samples, start_samples
+        self.base_samples, self.probe_every, self.max_step, self.initial = base_samples, probe_every, max_step, initial
+        self._probe_from, self._since_probe = None, 0      # the limit a probe window will return to; windows since the last
+        self.limit = min(ceiling, max(floor, initial))
+        self.slow_start, self.step, self.in_flight, self.n_windows = True, 1, 0, 0
+        self.windows: deque[LimitWindow] = deque(maxlen=memory)
+        self.changes: list[tuple[float, int, str]] = []   # (time, new limit, why) of every change
+        self._era = self._t = None                         # when the current limit began; the last event
+        self._open(None)
+    def __repr__(self): return f"AdaptiveLimit(limit={self.limit}, ceiling={self.ceiling}, slow_start={self.slow_start})"
+
+    def _open(self, now):
+        self._start, self._area, self._peak, self._lat, self._over, self._n = now, 0.0, self.in_flight, [], 0, 0
+    def _tick(self, now):
+        if self._t is None: self._start = self._era = self._t = now   # the first event opens the first window
+        self._area += self.in_flight * (now - self._t); self._t = now
+
+    def sent(self, now: float) -> None:
+        "A request goes out at time `now` (seconds on any monotonic clock)."
+        self._tick(now); self.in_flight += 1; self._peak = max(self._peak, self.in_flight)
+
+    def done(self, started: float, now: float, code: str|None = None) -> None:
+        "The request sent at `started` ended at `now`: ok (`code` None) or failed with reason `code`."
+        self._tick(now); self.in_flight = max(0, self.in_flight - 1)
+        if started < self._era: return                  # sent under an older limit: says nothing about this one
+        if code is not None and code not in OVERLOAD_CODES: return   # a 500 or a dropped connection: the breaker's business
+        if code is None or code == "timeout": self._lat.append(now - started)
+        if code is not None: self._over += 1
+        self._n += 1
+        if self._n >= max(self.limit, self.start_samples if self.slow_start else self.min_samples): self._decide(now)
+
+    def _by_limit(self) -> dict:
+        "limit -> the latencies of the remembered windows at that limit."
+        by = defaultdict(list)
+        for w in self.windows: by[w.limit] += w.samples
+        return by
+
+    def base_latency(self) -> float|None:
+        "The unloaded latency: the median of the lowest remembered limits' latencies, pooled to `base_samples`."
+        by, pool = self._by_limit(), []
+        for lim in sorted(by):
+            pool += by[lim]
+            if len(pool) >= self.base_samples: break
+        return statistics.median(pool) if pool else None
+
+    def _decide(self, now):
+        lat = statistics.median(self._lat) if self._lat else None
+        span = now - self._start
+        x = (self._area / span if span > 0 else self.in_flight) / lat if lat else 0.0
+        w = LimitWindow(self.limit, self._n, lat, x, self._over, self._peak >= self.limit, self._lat)
+        base, new, why = self.base_latency(), self.limit, None
+        self._since_probe += 1
+        if self._probe_from is not None:                    # a probe window ends: back to where it was
+            new, why, self._probe_from, self._since_probe = self._probe_from, "probe end", None, 0
+        elif self._over >= max(3, self.overload_share * self._n): new, why = int(self.limit * self.backoff), "overload"
+        elif lat is not None and base is not None and lat > self.tolerance * base:
+            lower = [(lim, lim / statistics.median(s)) for lim, s in self._by_limit().items() if lim < self.limit and s]
+            best = max(lower, key=lambda v: v[1], default=None)   # the best throughput at a lower limit
+            if best is not None and x <= best[1] * (1 + self.min_gain * (self.limit / best[0] - 1)):
+                new, why = int(self.limit * self.backoff), "latency"
+            elif w.saturated: new, why = self.limit + 1, "throughput grows with latency"
+        elif w.saturated:
+            new, why = (2 * self.limit, "slow start") if self.slow_start else (self.limit + self.step, "increase")
+        if why in ("overload", "latency", "throughput grows with latency"):
+            if self.slow_start: self._since_probe = self.probe_every   # the first base may have been loaded: probe soon
+            self.slow_start = False
+        if why in (None, "increase") and not self.slow_start and self._since_probe >= self.probe_every and self.limit > self.floor:
+            self._probe_from, new, why = self.limit, self.limit // 2, "probe"  # the base is measured, not assumed
+        self.step = min(max(1, int(self.limit * self.max_step)), 2 * self.step) if why == "increase" else 1
+        new = min(self.ceiling, max(self.floor, new))
+        self.windows.append(w); self.n_windows += 1
+        if new != self.limit: self.limit, self._era = new, now; self.changes.append((now, new, why))
+        self._open(now)
+
+    def summary(self) -> dict:
+        "The limit now, its range over the run, and the changes by reason."
+        lims = [min(self.ceiling, max(self.floor, self.initial))] + [c[1] for c in self.changes]
+        return {"limit": self.limit, "min": min(lims), "max": max(lims), "ceiling": self.ceiling, "windows": self.n_windows,
+                "changes": dict(Counter(c[2] for c in self.changes))}
+
+# %% ../nbs/02_llm.ipynb #859fb1d9
+def simulate_limit(limit: AdaptiveLimit|int,  # the controller, or a fixed number of requests in flight
+                   capacity: int,             # requests the modelled server works on at once; the rest queue
+                   requests: int = 2000,      # requests in the run
+                   latency: float = 1.0,      # mean seconds of work per request
+                   jitter: float = 0.5,       # each request's work times a factor uniform in [1 - jitter, 1 + jitter]
+                   seed: int = 0) -> dict:
+    "Run `requests` through a modelled server of fixed `capacity` under `limit` (no clock, no threads); the ratios to its best."
+    import heapq
+    r, t, adaptive = random.Random(seed), 0.0, isinstance(limit, AdaptiveLimit)
+    events, queue, busy, in_flight, sent, lats, starts = [], deque(), 0, 0, 0, [], {}
+    def fill():
+        nonlocal busy, in_flight, sent
+        while in_flight < (limit.limit if adaptive else limit) and sent < requests:
+            starts[sent] = t; queue.append(sent); sent += 1; in_flight += 1
+            if adaptive: limit.sent(t)
+        while busy < capacity and queue:
+            busy += 1; heapq.heappush(events, (t + latency * r.uniform(1 - jitter, 1 + jitter), queue.popleft()))
+    fill()
+    while events:
+        t, i = heapq.heappop(events); busy -= 1; in_flight -= 1
+        lats.append(t - starts[i])
+        if adaptive: limit.done(starts.pop(i), t)
+        fill()
+    return {"throughput": round(requests / t / (capacity / latency), 3), "median_latency": round(statistics.median(lats) / latency, 3)}
+
+# %% ../nbs/02_llm.ipynb #303b78d7
+def configure_concurrency(backend,                 # the client's backend; an `OpenAIBackend` gets a limit per endpoint
+                          concurrency: int|str,    # requests in flight, or "auto"
+                          max_concurrency: int = 64,  # "auto": the ceiling (threads, and each endpoint's largest limit)
+                          **limit_kw) -> int:      # passed to `AdaptiveLimit`
+    "Check `concurrency` (a positive int or 'auto'), set the backend's endpoint limits; the number of worker threads."
+    bad = lambda v: isinstance(v, bool) or not isinstance(v, int) or v < 1
+    if concurrency != "auto" and bad(concurrency):
+        raise ValueError(f'concurrency: expected a positive integer or "auto", got {concurrency!r}')
+    if bad(max_concurrency): raise ValueError(f"max_concurrency: expected a positive integer, got {max_concurrency!r}")
+    for ep in getattr(backend, "endpoints", []):
+        ep.limiter = AdaptiveLimit(ceiling=max_concurrency, **limit_kw) if concurrency == "auto" else None
+    return max_concurrency if concurrency == "auto" else concurrency
+
 # %% ../nbs/02_llm.ipynb #a4102959
 def _new_stats() -> dict:
     return {"requests": 0, "ok": 0, "failed": 0, "failed_reasons": {}, "cached": 0, "resumed": 0,
@@ -464,7 +627,8 @@ class LLMClient:
     "Runs requests through a backend with a cache, bounded concurrency, retries, a resumable journal and accounting."
     def __init__(self, backend,
                  cache: str|os.PathLike|ResponseCache|None = "outputs/cache/llm.sqlite",  # None: no cache
-                 concurrency: int = 8,        # requests in flight (threads) for HTTP backends
+                 concurrency: int|str = 8,    # requests in flight (threads) for HTTP backends; "auto": found per endpoint
+                 max_concurrency: int = 64,   # concurrency="auto": the most in flight (threads; each endpoint's ceiling)
                  max_retries: int = 6,        # retries after the first attempt, for retryable failures
                  timeout: float = 60.0,       # seconds per HTTP request
                  backoff_base: float = 0.5,   # first retry waits up to this long
@@ -473,11 +637,15 @@ class LLMClient:
                  retry_failed: bool = True):  # on resume, try again the requests the journal says failed
         self.backend, self.concurrency, self.max_retries, self.timeout = backend, concurrency, max_retries, timeout
         self.backoff_base, self.backoff_max, self.retry_failed = backoff_base, backoff_max, retry_failed
+        self.adaptive = concurrency == "auto"
+        self.concurrency = configure_concurrency(backend, concurrency, max_concurrency)   # "auto": `AdaptiveLimit`s
         self.cache = ResponseCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
         prices = prices or {}
         self.prices = prices.get(backend.model_id, prices) if isinstance(prices.get(backend.model_id), dict) else prices
         self.stats, self.last_stats = _new_stats(), _new_stats()
-    def __repr__(self): return f"LLMClient({self.backend!r}, concurrency={self.concurrency}, max_retries={self.max_retries})"
+    def __repr__(self):
+        conc = f"'auto' (at most {self.concurrency})" if self.adaptive else self.concurrency
+        return f"LLMClient({self.backend!r}, concurrency={conc}, max_retries={self.max_retries})"
 
     def cost(self, usage: dict) -> float:
         "Estimated US dollars for `usage` at this client's prices."

@@ -19,7 +19,7 @@ Faults are decided per (sha256 of the request body, attempt number) from `seed`:
 same body, it rolls the same dice as in any other run, so a test sees the same faults whatever the thread timing.
 """
 from __future__ import annotations
-import argparse, hashlib, json, os, random, socket, sys, threading, time
+import argparse, contextlib, hashlib, json, os, random, socket, sys, threading, time
 from email.parser import BytesParser
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,6 +76,9 @@ class FakeOpenAIServer:
                  timeout_sleep: float = 2.0,    # how long a `timeout` fault holds the connection
                  tail_rate: float = 0.0,        # fraction of attempts that take `tail_latency` instead of `latency`
                  tail_latency: float = 2.0,     # the slow tail's latency, seconds (decided per body and attempt)
+                 jitter: float = 0.0,           # each attempt's latency times a factor uniform in [1 - jitter, 1 + jitter]
+                 capacity: int|None = None,     # answers being worked on at once; more wait in a queue (a self-hosted
+                                                # server that saturates: throughput stops growing, latency grows)
                  retry_after: float|None = None,  # `Retry-After` seconds sent with 429s
                  api_key: str|None = None,      # if set, requests must carry `Authorization: Bearer <api_key>`, else 401
                  models: list[str]|None = None, # if set, other model names get 404
@@ -90,7 +93,9 @@ class FakeOpenAIServer:
                                                                            # "400" or "500" for that line, or None
                  host: str = "127.0.0.1", port: int = 0):
         self.latency, self.seed, self.timeout_sleep, self.retry_after = latency, seed, timeout_sleep, retry_after
-        self.tail_rate, self.tail_latency = tail_rate, tail_latency
+        self.tail_rate, self.tail_latency, self.jitter, self.capacity = tail_rate, tail_latency, jitter, capacity
+        self._slots = threading.Semaphore(capacity) if capacity else contextlib.nullcontext()
+        self.in_flight = self.peak_in_flight = 0   # requests inside the server (queued or worked on), and the most at once
         self.rates = dict(zip(OUTCOMES, (rate_429, rate_500, rate_timeout, rate_drop, rate_malformed)))
         if sum(self.rates.values()) > 1: raise ValueError(f"fault rates add up to more than 1: {self.rates}")
         self.responder, self.fault_plan = responder or echo_responder, fault_plan
@@ -149,12 +154,13 @@ class FakeOpenAIServer:
         return "ok"
 
     def delay(self, body: bytes) -> float:
-        "Seconds to wait before answering this attempt: `latency`, or `tail_latency` for a `tail_rate` share (seeded dice)."
-        if not self.tail_rate: return self.latency
+        "Seconds to wait before answering this attempt: `latency`, or `tail_latency` for a `tail_rate` share, times the jitter (seeded dice)."
+        if not self.tail_rate and not self.jitter: return self.latency
         h = hashlib.sha256(body).hexdigest()
         with self._lock: attempt = self._attempts[h]
-        slow = random.Random(f"{self.seed}:latency:{h}:{attempt}").random() < self.tail_rate
-        return self.tail_latency if slow else self.latency
+        dice = random.Random(f"{self.seed}:latency:{h}:{attempt}")
+        slow = dice.random() < self.tail_rate
+        return (self.tail_latency if slow else self.latency) * dice.uniform(1 - self.jitter, 1 + self.jitter)
 
     def count(self, outcome: str):
         with self._lock: self.counters[outcome] += 1
@@ -351,7 +357,12 @@ class FakeOpenAIServer:
                 if server.models is not None and req["model"] not in server.models:
                     server.count("404"); return self._error(404, "model_not_found", f"model {req['model']!r} does not exist")
                 outcome = server.decide(body, req)
-                if (pause := server.delay(body)): time.sleep(pause)
+                with server._lock: server.in_flight += 1; server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
+                try:
+                    with server._slots:   # a server at capacity queues the request
+                        if (pause := server.delay(body)): time.sleep(pause)
+                finally:
+                    with server._lock: server.in_flight -= 1
                 server.count(outcome)
                 if outcome == "429":
                     hdr = {"Retry-After": str(server.retry_after)} if server.retry_after is not None else None
@@ -383,10 +394,12 @@ def main(argv=None):
     p.add_argument("--timeout-sleep", type=float, default=2.0)
     p.add_argument("--tail-rate", type=float, default=0.0, help="share of answers that take --tail-latency")
     p.add_argument("--tail-latency", type=float, default=2.0)
+    p.add_argument("--jitter", type=float, default=0.0, help="latency times a factor uniform in [1 - jitter, 1 + jitter]")
+    p.add_argument("--capacity", type=int, default=None, help="answers worked on at once; more wait in a queue")
     p.add_argument("--api-key-env", default="", help="name of an env var holding the key requests must carry")
     a = p.parse_args(argv)
     srv = FakeOpenAIServer(latency=a.latency, seed=a.seed, timeout_sleep=a.timeout_sleep, port=a.port,
-                           tail_rate=a.tail_rate, tail_latency=a.tail_latency,
+                           tail_rate=a.tail_rate, tail_latency=a.tail_latency, jitter=a.jitter, capacity=a.capacity,
                            api_key=os.environ[a.api_key_env] if a.api_key_env else None,
                            **{f"rate_{o}": getattr(a, f"rate_{o}") for o in OUTCOMES})
     print(f"READY {srv.url}", flush=True)
