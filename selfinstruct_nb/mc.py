@@ -309,7 +309,7 @@ def chance_level(items: list[MCItem]) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 def accuracy_table(records: list[dict], items: list[MCItem]|None = None) -> pd.DataFrame:
-    "Per (benchmark, task): n and accuracies of every method/extraction present, failure counts, chance; macro rows at the end."
+    "Per (benchmark, task): n and accuracies of every method/extraction present, failure counts, chance; macro rows (over `tasks` tasks) at the end."
     df = pd.DataFrame(records)
     rows = []
     for (b, t), g in df.groupby(["benchmark", "task"], sort=False):
@@ -335,17 +335,19 @@ def accuracy_table(records: list[dict], items: list[MCItem]|None = None) -> pd.D
                 and "fail" not in c and not c.startswith("n_")]
     macro = []
     for b, g in table.groupby("benchmark", sort=False):
-        macro.append({"benchmark": b, "task": "Average", **g[acc_cols].mean().to_dict()})
+        # a column is averaged only over all the rows' tasks (blank otherwise), so every number of a row covers the
+        # same tasks: chance (and log-likelihood) is undefined on BBH's free-text tasks, the MC subset row has them
+        macro.append({"benchmark": b, "task": "Average", "tasks": len(g), **g[acc_cols].mean(skipna=False).to_dict()})
         if b == "bbh" and set(g["task"]) & set(BBH_FREE_TASKS):
             sub = g[g["task"].isin(BBH_MC_TASKS)]
-            macro.append({"benchmark": b, "task": "Average (MC subset)", **sub[acc_cols].mean().to_dict()})
+            macro.append({"benchmark": b, "task": "Average (MC subset)", "tasks": len(sub), **sub[acc_cols].mean(skipna=False).to_dict()})
     return pd.concat([table, pd.DataFrame(macro)], ignore_index=True)
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.1%}") -> str:
     "A GitHub markdown table (accuracies as percentages, counts as integers)."
     def fmt(c, v):
         if isinstance(v, float) and math.isnan(v): return ""
-        if isinstance(v, float) and not any(k in c for k in ("n_", "fail", "skipped")): return floatfmt.format(v)
+        if isinstance(v, float) and not any(k in c for k in ("n_", "fail", "skipped")) and c != "tasks": return floatfmt.format(v)
         if isinstance(v, float): return str(int(v))
         return str(v)
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
