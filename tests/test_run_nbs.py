@@ -34,6 +34,13 @@ def test_output_problems():
     assert run_nbs.output_problems([_stream("\rx: 100%|##| 2/2 [00:00<00:00, 9.1it/s]", "stderr")]) == ["progress bar"]
     warn = run_nbs.output_problems([_stream("f.py:3: FutureWarning: old\n", "stderr")])
     assert warn == ["stderr output (f.py:3: FutureWarning: old)", "warning (FutureWarning)"]
+    assert run_nbs.output_problems([_result("{'http://127.0.0.1:39659/v1': {'ok': 3}}")]) == ["loopback port (127.0.0.1:39659)"]
+    assert run_nbs.output_problems([_result("see localhost:8000 and [::1]:8080")]) == ["loopback port (localhost:8000)"]
+    assert run_nbs.output_problems([_result("version 1.2.3:45 at example.org:443")]) == []      # not a loopback address
+    assert run_nbs.output_problems([_stream("random: ab\ufffdc\n")]) == ["replacement character (U+FFFD: bytes that are not text)"]
+    assert run_nbs.output_problems([_result("'aboutre into\\x00 did'")]) == []                 # an escaped repr is text
+    assert run_nbs.output_problems([_result("'into\x00 did\x14'")]) == ["control characters (U+0000, U+0014)"]
+    assert run_nbs.output_problems([_stream("a\tb\r\nc\n")]) == []                            # tab and line ends are fine
     img = {"output_type": "display_data", "data": {"image/png": "iVBOR", "text/plain": "<Figure>"}, "metadata": {}}
     assert run_nbs.output_problems([img, dict(img)]) == ["the same image twice"]
 
@@ -63,20 +70,126 @@ def test_check_counts_and_fails_on_a_missing_output(tmp_path):
     r = _check(_nb(tmp_path, [("x = 1", []), ("x", [_result("1")]), ("print(x)", [_stream("1\n")])]))
     assert r.returncode == 0 and "with their committed output: 2" in r.stdout, r.stderr
 
-def test_sample_run(tmp_path):
-    "tools/sample_run.py: n tasks of a run's 13_filter/tasks.jsonl, in order, with a README entry naming the source."
-    run = tmp_path/"outputs"/"demo-20260101-000000"; (run/"13_filter").mkdir(parents=True)
-    (run/"manifest.json").write_text(json.dumps({"profile": "demo", "run_dir": "outputs/demo-20260101-000000", "status": "ok",
+
+# ---------------------------------------------------------------- tools/sample_run.py: the excerpt of a run
+sys.path.insert(0, str(ROOT/"tests"))
+
+RUN_DIR, N_POOL = "outputs/demo-20260101-000000", 20
+
+def _executed_nb(run_dir: str, root: str) -> dict:
+    "A stage notebook as papermill leaves it: injected parameters, timings, an absolute path and a progress bar."
+    return {"cells": [
+        {"cell_type": "code", "execution_count": 1, "id": "p", "metadata": {"tags": ["injected-parameters"], "papermill": {"duration": 0.1}},
+         "outputs": [], "source": f'# Parameters\nrun_dir = "{run_dir}"\n'},
+        {"cell_type": "code", "execution_count": 2, "id": "a", "metadata": {"execution": {"iopub.status.busy": "2026"}},
+         "outputs": [_stream(f"generated set: {root}/{run_dir}/13_filter/tasks.jsonl\n"),
+                     _stream("\rbootstrap: 100%|##| 2/2 [00:00<00:00, 9.1it/s]", "stderr")], "source": "print(1)"}],
+        "metadata": {"papermill": {"input_path": f"{root}/nbs/pipeline/10_bootstrap.ipynb", "duration": 3.0}},
+        "nbformat": 4, "nbformat_minor": 5}
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    "A small run of stages 10-13 made by the library against the fake OpenAI server, with a manifest as the runner writes."
+    from fake_openai_server import FakeOpenAIServer
+    from responders import SelfInstructResponder
+    from selfinstruct_nb import data
+    from selfinstruct_nb.bootstrap import bootstrap
+    from selfinstruct_nb.classify import classify_instructions
+    from selfinstruct_nb.core import Task, read_jsonl
+    from selfinstruct_nb.filters import filter_stage
+    from selfinstruct_nb.instances import generate_instances
+    from selfinstruct_nb.llm import LLMClient, make_backend
+    from selfinstruct_nb.prompts import clf_examples_from_seeds
+    root = tmp_path_factory.mktemp("checkout")
+    run = root/RUN_DIR
+    seeds = data.seed_tasks()
+    with FakeOpenAIServer(responder=SelfInstructResponder(items=3)) as srv:
+        client = LLMClient(make_backend("openai", "teacher", base_url=srv.url, api_key_env=""), cache=None, concurrency=4)
+        summary = bootstrap(client, seeds, run/"10_bootstrap", num_instructions=N_POOL, seed=3,
+                            requests_per_round=2, window=2, max_rounds=40, progress=False)
+        tasks = read_jsonl(run/"10_bootstrap"/"machine_instructions.jsonl", validate=Task.from_dict)
+        recs = classify_instructions(client, [t.instruction for t in tasks], clf_examples_from_seeds(seeds, seed=0),
+                                     run/"11_classify"/"is_classification.jsonl")
+        for t, r in zip(tasks, recs): t.is_classification = r["is_classification"]
+        generate_instances(client, tasks, run/"12_instances")
+    metrics = filter_stage(run, figures_dir=root/"figs")
+    stages = {"10_bootstrap": {"status": "ok", "seconds": 1.0, "params": {"seed": 3}, "metrics": {**summary, "machine_instructions": len(tasks)}},
+              "11_classify": {"status": "ok", "seconds": 1.0, "params": {"seed": 0}},
+              "12_instances": {"status": "ok", "seconds": 1.0}, "13_filter": {"status": "ok", "seconds": 1.0, "metrics": metrics}}
+    (run/"manifest.json").write_text(json.dumps({"profile": "demo", "run_dir": RUN_DIR, "status": "ok", "stages": stages,
                                                  "git": {"commit": "a" * 40, "dirty": False}, "command": ["selfinstruct-nb", "run", "demo"]}))
-    tasks = [{"id": f"machine_task_{i}", "instruction": f"Do {i}.", "instances": [{"input": "", "output": str(i)}],
-              "is_classification": False, "source": "machine", "generation": {"created_at": 1.0}} for i in range(10)]
-    (run/"13_filter"/"tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
-    out = tmp_path/"samples"
-    for _ in range(2):  # a second sample of the same profile replaces the first's README entry
-        r = subprocess.run([sys.executable, str(ROOT/"tools"/"sample_run.py"), str(run), "-n", "4", "--out", str(out)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-    rows = [json.loads(l) for l in (out/"demo_tasks.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and [r["id"] for r in rows] == sorted((r["id"] for r in rows), key=lambda x: int(x.split("_")[-1]))
-    assert set(rows[0]) == {"id", "instruction", "is_classification", "instances"}   # no clock fields
-    readme = (out/"README.md").read_text()
-    assert readme.count("## `demo_tasks.jsonl`") == 1 and "4 of the 10 machine-generated tasks in `13_filter/tasks.jsonl`" in readme
+    (run/"notebooks").mkdir()
+    for name in stages: (run/"notebooks"/f"{name}.ipynb").write_text(json.dumps(_executed_nb(RUN_DIR, str(root))))
+    return root, run
+
+def _sample(run, out, ex, *extra):
+    return subprocess.run([sys.executable, str(ROOT/"tools"/"sample_run.py"), str(run), "--out", str(out), "--examples", str(ex), *extra],
+                          capture_output=True, text=True)
+
+def test_sample_run_excerpt(fake_run, tmp_path):
+    "The excerpt of a run: every request with its rebuilt in-context instructions, every candidate's fate, the joins."
+    root, run = fake_run
+    out, ex = tmp_path/"samples", tmp_path/"examples"
+    r = _sample(run, out, ex)
+    assert r.returncode == 0, r.stderr
+    d = out/"demo"
+    rd = lambda n: [json.loads(l) for l in (d/f"{n}.jsonl").read_text().splitlines()]
+    rounds = [json.loads(l) for l in (run/"10_bootstrap"/"rounds.jsonl").read_text().splitlines()]
+    reqs = rd("bootstrap_requests")
+    assert [q["id"] for q in reqs] == [x["id"] for u in rounds for x in u["responses"]]
+    assert all(q["prompt_verified"] for q in reqs)           # the rebuilt prompt hashes to the journal's
+    assert all(len(q["in_context"]) == 8 for q in reqs)
+    assert all(sum(c["source"] == "machine" for c in q["in_context"]) <= 2 for q in reqs)
+    assert any(c["source"] == "machine" for q in reqs for c in q["in_context"])   # later prompts show the model's own
+    assert reqs[0]["in_context"][0]["task_id"].startswith("seed_task_")
+    cands = rd("bootstrap_candidates")
+    raw = [c for c in (json.loads(l) for l in (run/"10_bootstrap"/"candidates.jsonl").read_text().splitlines()) if c["instruction"]]
+    assert [(c["instruction"], c["kept"], c["reason"]) for c in cands] == [(c["instruction"], c["kept"], c["reason"]) for c in raw]
+    assert sum(c["kept"] for c in cands) == N_POOL
+    clf = rd("classify")
+    assert len(clf) == N_POOL and all(c["raw"].strip().startswith(("Yes", "No")) for c in clf)
+    assert all(c["nearest_seed_id"].startswith("seed_task_") and 0 <= c["nearest_seed_rouge"] <= 1 for c in clf)
+    assert len(rd("classify_examples")) == 31
+    inst = rd("instances")
+    assert {g["template"] for g in inst} <= {"input_first", "output_first"} and len(inst) == N_POOL
+    kept_tasks = rd("tasks")
+    assert sum(x["fate"] == "kept" for g in inst for x in g["parsed"]) == sum(len(t["instances"]) for t in kept_tasks)
+    assert {g["task_id"] for g in inst if g["task_fate"] == "kept"} == {t["id"] for t in kept_tasks}
+    assert all(x["fate"] is not None for g in inst for x in g["parsed"])   # every parsed instance is accounted for
+    assert {f["level"] for f in rd("funnel")} == {"instructions", "tasks", "instances"}
+    info = json.loads((d/"run.json").read_text())
+    assert info["run_dir"] == RUN_DIR and info["made_by"] == f"python tools/sample_run.py {RUN_DIR}"
+    assert info["files"] == {p.name: len(p.read_text().splitlines()) for p in d.glob("*.jsonl")}
+    assert not any(d.glob("experiment_*"))                   # no 44_experiment in this run: no experiment files
+    first = {p.name: p.read_bytes() for p in d.iterdir()}
+    assert _sample(run, out, ex).returncode == 0             # a second run of the tool gives the same bytes
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == first
+
+def test_sample_run_notebooks_and_check(fake_run, tmp_path, monkeypatch):
+    "The executed notebooks come out clean, and run_nbs --check ties them to the excerpt's run."
+    root, run = fake_run
+    out, ex = tmp_path/"samples", tmp_path/"examples"
+    assert _sample(run, out, ex).returncode == 0
+    nbs = sorted((ex/"demo").glob("*.ipynb"))
+    assert [p.stem for p in nbs] == ["10_bootstrap", "11_classify", "12_instances", "13_filter"]
+    text = nbs[0].read_text()
+    assert str(root) not in text and "papermill" not in text and "100%|" not in text and '"execution_count": 2' not in text
+    assert f"generated set: {RUN_DIR}/13_filter/tasks.jsonl" in text
+    monkeypatch.setattr(run_nbs, "SAMPLES", out); monkeypatch.setattr(run_nbs, "EXAMPLES", ex)
+    assert run_nbs.run_problems(ex/"demo") == []
+    info = json.loads((out/"demo"/"run.json").read_text())
+    (out/"demo"/"run.json").write_text(json.dumps({**info, "run_dir": "outputs/demo-20270101-000000"}))
+    bad = run_nbs.run_problems(ex/"demo")
+    assert len(bad) == 4 and "executed in run 'outputs/demo-20260101-000000', the excerpt" in bad[0]
+    nbs[-1].unlink()
+    (out/"demo"/"run.json").write_text(json.dumps(info))
+    assert run_nbs.run_problems(ex/"demo") == [f"{ex/'demo'}: stage notebooks ['10_bootstrap.ipynb', '11_classify.ipynb', "
+                                               f"'12_instances.ipynb'], the excerpt's run has ok stages ['10_bootstrap.ipynb', "
+                                               f"'11_classify.ipynb', '12_instances.ipynb', '13_filter.ipynb']"]
+
+def test_sample_run_errors(tmp_path):
+    r = _sample(tmp_path, tmp_path/"o", tmp_path/"e")
+    assert r.returncode == 2 and r.stderr.strip() == f"sample_run: {tmp_path}: no manifest.json (not a run folder)"
+    (tmp_path/"manifest.json").write_text(json.dumps({"profile": "demo", "run_dir": "x"}))
+    r = _sample(tmp_path, tmp_path/"o", tmp_path/"e")
+    assert r.returncode == 2 and r.stderr.strip() == f"sample_run: {tmp_path/'10_bootstrap'/'config.json'}: missing (the bootstrap's settings)"

@@ -13,25 +13,35 @@ function and class bodies, it ends in an expression (not followed by `;`) other 
 `test_fail`, `expect_fail`, ...) or a method that returns None (`.append`, `.tight_layout`, ...), or it calls
 `print`/`display`, or it draws (calls `plot_*`, `plt.*`, `.plot(`, `.bar(`...). Each such cell must carry its committed
 output (a drawing cell: an image). Every output must also be clean: no error, no stderr (warnings, log lines), no
-progress bar, no absolute path, no memory address, no image twice in one cell. It prints the counts per notebook and
-in total, then one line per problem; exit 1 if there is any.
+progress bar, no absolute path, no memory address, no loopback port (a test server's, new on every run), no U+FFFD
+replacement character or control character (random bytes decoded as text), no image twice in one cell. It prints the counts per notebook and
+in total, then one line per problem; exit 1 if there is any. It also checks the committed executed stage notebooks of
+a real run (`examples/<profile>/`, made with the excerpt by `tools/sample_run.py`) the same way, and that they and
+the excerpt `data/samples/<profile>/run.json` name the same run and the same finished stages.
 
 usage: python tools/run_nbs.py [NB ...] [--workers N] [--timeout S]   execute NBs (default: nbs/[0-9]*.ipynb), write back
-       python tools/run_nbs.py --check [NB ...]                        count and check the committed outputs
+       python tools/run_nbs.py --check [NB ...]                        count and check the committed outputs (default: the
+                                                                       library notebooks and examples/<profile>/*.ipynb)
 Run inside the project's venv with SELFINSTRUCT_DATA set to the data mirror (as for tools/test); about 7 minutes for
 all notebooks on a busy 2-core machine.
 """
 from __future__ import annotations
-import argparse, ast, json, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, ast, json, os, re, shutil, subprocess, sys, tempfile, time, unicodedata
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/"nbs"
 
+EXAMPLES, SAMPLES = ROOT/"examples", ROOT/"data"/"samples"
+
 def library_notebooks() -> list[Path]:
     "The library notebooks: `nbs/NN_name.ipynb` (not `index.ipynb`, not `nbs/pipeline/`)."
     return sorted(NBS.glob("[0-9]*.ipynb"))
+
+def example_notebooks() -> list[Path]:
+    "A real run's executed stage notebooks, committed by `tools/sample_run.py`: `examples/<profile>/NN_stage.ipynb`."
+    return sorted(EXAMPLES.glob("*/[0-9]*.ipynb"))
 
 def _rel(p: Path) -> str:
     try: return str(Path(p).resolve().relative_to(ROOT))
@@ -109,6 +119,12 @@ _ABS_PATH = re.compile(r"(?<![\w:/.])(?:/(?:home|work|tmp|root|Users|usr|opt|var
 _ADDRESS = re.compile(r"\bat 0x[0-9a-fA-F]{4,}|\b0x[0-9a-fA-F]{8,}\b")
 _WARNING = re.compile(r"\b\w*Warning\b|\bwarnings\.warn\b|\bWARNING\b")
 _BAR = re.compile(r"\d+%\|.*\||it/s\]|s/it\]")
+# a loopback address with a port: a test server's port, new on every execution
+_LOOPBACK = re.compile(r"(?<![\w.])(?:127\.\d+\.\d+\.\d+|localhost|0\.0\.0\.0|\[::1\]):\d{2,5}\b")
+
+def _control_chars(t: str) -> list[str]:
+    "Control characters other than newline, tab and carriage return (random bytes decoded, terminal escapes)."
+    return sorted({ch for ch in t if unicodedata.category(ch) == "Cc" and ch not in "\n\t\r"})
 
 def _text(o: dict) -> str:
     if o.get("output_type") == "stream": t = o.get("text", "")
@@ -141,6 +157,9 @@ def output_problems(outputs: list[dict]) -> list[str]:
             if m := _WARNING.search(t): bad.append(f"warning ({m[0]})")
             if m := _ABS_PATH.search(t): bad.append(f"absolute path ({m[0]})")
             if m := _ADDRESS.search(t): bad.append(f"memory address ({m[0]})")
+            if m := _LOOPBACK.search(t): bad.append(f"loopback port ({m[0]})")
+            if "\ufffd" in t: bad.append("replacement character (U+FFFD: bytes that are not text)")
+            if cc := _control_chars(t): bad.append(f"control characters ({', '.join(f'U+{ord(c):04X}' for c in cc)})")
         for k in ("image/png", "image/svg+xml", "image/jpeg"):
             if k in o.get("data", {}):
                 img = o["data"][k]; img = "".join(img) if isinstance(img, list) else img
@@ -150,6 +169,28 @@ def output_problems(outputs: list[dict]) -> list[str]:
 
 def has_image(outputs: list[dict]) -> bool:
     return any(k.startswith("image/") for o in outputs for k in o.get("data", {}))
+
+def injected_run_dir(nb: dict) -> str|None:
+    "The `run_dir` papermill injected into an executed stage notebook (None if it has none)."
+    for c in nb.get("cells", []):
+        if "injected-parameters" in c.get("metadata", {}).get("tags", []):
+            m = re.search(r"^run_dir\s*=\s*['\"]([^'\"]+)['\"]", _source(c), re.M)
+            if m: return m.group(1)
+    return None
+
+def run_problems(folder: Path) -> list[str]:
+    "An `examples/<profile>/` folder against its excerpt `data/samples/<profile>/run.json`: the same run, every ok stage."
+    info_path = SAMPLES/folder.name/"run.json"
+    if not info_path.is_file(): return [f"{_rel(folder)}: no excerpt {_rel(info_path)} names the run of these notebooks"]
+    info, bad = json.loads(info_path.read_text(encoding="utf-8")), []
+    nbs = sorted(folder.glob("[0-9]*.ipynb"))
+    for p in nbs:
+        rd = injected_run_dir(json.loads(p.read_text(encoding="utf-8")))
+        if rd != info.get("run_dir"): bad.append(f"{_rel(p)}: executed in run {rd!r}, the excerpt {_rel(info_path)} is of {info.get('run_dir')!r}")
+    want = {f"{k}.ipynb" for k, v in info.get("stages", {}).items() if v.get("status") == "ok"}
+    have = {p.name for p in nbs}
+    if want != have: bad.append(f"{_rel(folder)}: stage notebooks {sorted(have)}, the excerpt's run has ok stages {sorted(want)}")
+    return bad
 
 def check(paths: list[Path]) -> int:
     "Print per notebook and in total: cells that display something, and how many carry their output; exit status."
@@ -175,7 +216,9 @@ def check(paths: list[Path]) -> int:
                 problems.append(f"{where}: {'draws but has no image' if kind == 'draws' else 'displays something but has no output'}: {first}")
         print(f"  {_rel(p):<32} {have:>3} / {need:<3} cells with their output")
         n_need += need; n_have += have
-    print(f"library notebooks: {len(paths)}, code cells: {n_code}; cells that display something: {n_need}, "
+    for folder in sorted({p.resolve().parent for p in paths if p.resolve().parent.parent == EXAMPLES}):
+        problems += run_problems(folder)
+    print(f"notebooks: {len(paths)}, code cells: {n_code}; cells that display something: {n_need}, "
           f"with their committed output: {n_have}; figure cells: {n_fig}, with their figure: {n_fig_ok}")
     for pr in problems: print(pr, file=sys.stderr)
     if problems: print(f"run_nbs --check: {len(problems)} problem(s); re-execute with: python tools/run_nbs.py NB ...", file=sys.stderr)
@@ -236,7 +279,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="notebooks executed at once (default 1)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default 1800)")
     a = ap.parse_args(argv)
-    paths = [Path(p) for p in a.notebooks] or library_notebooks()
+    paths = [Path(p) for p in a.notebooks] or (library_notebooks() + example_notebooks() if a.check else library_notebooks())
     missing = [str(p) for p in paths if not p.is_file()]
     if missing: print(f"run_nbs: no such notebook: {', '.join(missing)}", file=sys.stderr); return 2
     if a.check: return check(paths)
