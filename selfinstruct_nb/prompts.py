@@ -424,7 +424,7 @@ PAPER_VS_CODE: list[dict] = [
          default="Self-Instruct's released list (`keyword_list=\"paper\"`; `\"alpaca\"` gives Alpaca's)",
          why="the paper names examples only; the released list is the one behind its numbers"),
     dict(what="instruction-generation max_tokens", paper="1024", code="1024",
-         default="1024 in the `full` profile; 128 in `smoke`", why="the smoke run's tiny model only needs to show the mechanics"),
+         default="1024 in the `full` profile; 300 in `demo`, 120 in `demo-ci`, 128 in `smoke`", why="the smoke run's tiny model only needs to show the mechanics; the demo's small model stops early anyway"),
     dict(what="requests per bootstrap step", paper="not stated", code="5 prompts per request batch",
-         default="4 (`requests_per_round`), in every profile", why="a batch size, not a setting of the method: it changes only which machine instructions the next prompts can sample"),
+         default="8 in the library (`bootstrap(requests_per_round=8)`); the stage sets 4 (`smoke`, `paper`, `full`, `demo`), `demo-ci` 2", why="a batch size, not a setting of the method: it changes only which machine instructions the next prompts can sample"),
 ]
