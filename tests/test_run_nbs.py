@@ -123,7 +123,8 @@ def fake_run(tmp_path_factory):
     return root, run
 
 def _sample(run, out, ex, *extra):
-    return subprocess.run([sys.executable, str(ROOT/"tools"/"sample_run.py"), str(run), "--out", str(out), "--examples", str(ex), *extra],
+    return subprocess.run([sys.executable, str(ROOT/"tools"/"sample_run.py"), str(run), "--out", str(out), "--examples", str(ex),
+                           "--figures", str(Path(out).parent/"figures"), *extra],
                           capture_output=True, text=True)
 
 def test_sample_run_excerpt(fake_run, tmp_path):
@@ -161,6 +162,7 @@ def test_sample_run_excerpt(fake_run, tmp_path):
     assert info["run_dir"] == RUN_DIR and info["made_by"] == f"python tools/sample_run.py {RUN_DIR}"
     assert info["files"] == {p.name: len(p.read_text().splitlines()) for p in d.glob("*.jsonl")}
     assert not any(d.glob("experiment_*"))                   # no 44_experiment in this run: no experiment files
+    assert {p.name for p in (tmp_path/"figures"/"demo").iterdir()} == {"pipeline.png", "pipeline.pdf"}
     first = {p.name: p.read_bytes() for p in d.iterdir()}
     assert _sample(run, out, ex).returncode == 0             # a second run of the tool gives the same bytes
     assert {p.name: p.read_bytes() for p in d.iterdir()} == first

@@ -379,6 +379,7 @@ def main(argv=None) -> int:
     ap.add_argument("run_dir", help="a run folder (outputs/<profile>-<time>)")
     ap.add_argument("--out", default=str(SAMPLES), help="parent folder of the excerpt (default data/samples): writes <out>/<profile>/")
     ap.add_argument("--examples", default=str(EXAMPLES), help="parent folder of the executed notebooks (default examples): writes <examples>/<profile>/")
+    ap.add_argument("--figures", default=str(ROOT/"figures"), help="parent folder of the pipeline figure (default figures): writes <figures>/<profile>/pipeline.{png,pdf}")
     ap.add_argument("--no-notebooks", action="store_true", help="write the excerpt only")
     ap.add_argument("--note", default=None, help="a sentence about the run for run.json and the README (e.g. the machine's load)")
     ap.add_argument("--max-bytes", type=int, default=MAX_BYTES, help=f"fail if the excerpt is larger (default {MAX_BYTES})")
@@ -402,6 +403,11 @@ def main(argv=None) -> int:
     if not a.no_notebooks:
         names = copy_notebooks(run, man, Path(a.examples)/profile)
         print(f"{Path(a.examples)/profile}: {len(names)} executed stage notebooks ({', '.join(names)})")
+    import matplotlib; matplotlib.use("Agg")
+    from selfinstruct_nb.analysis import save_figure
+    from selfinstruct_nb.excerpt import plot_pipeline
+    figs = save_figure(plot_pipeline(profile, samples=a.out), Path(a.figures)/profile, "pipeline")
+    print(f"{figs[0].parent}: {', '.join(p.name for p in figs)} (the pipeline with the run's counts)")
     info = json.loads((out/"run.json").read_text(encoding="utf-8"))
     (Path(a.out)/"README.md").write_text(readme(info, sizes, names) + "\n", encoding="utf-8")
     if size > a.max_bytes:
