@@ -89,7 +89,8 @@ SCHEMA: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "tasks.jsonl": ("the filtered tasks, 13_filter's output", [("id, instruction, is_classification, instances", "as in `core.Task`")]),
     "funnel.jsonl": ("13_filter's funnel tables", [
         ("level", "`instructions`, `tasks` or `instances`"),
-        ("step, description, count, remaining", "each filter in the order it runs, what it removed, what is left")]),
+        ("step, description, count, remaining, percent", "each filter in the order it runs, what it removed, what is left "
+                                                          "(and as a percentage of the candidates)")]),
     "analysis_stats.jsonl": ("15_analysis's statistics table (Self-Instruct's Table 1 for the generated set and the seeds)", [
         ("statistic", "the row"), ("generated, seed", "its value for each set")]),
     "experiment_*.jsonl": ("when the run has 44_experiment: each table the stage writes at its top level (`<name>.csv` or "
