@@ -195,3 +195,13 @@ def test_sample_run_errors(tmp_path):
     (tmp_path/"manifest.json").write_text(json.dumps({"profile": "demo", "run_dir": "x"}))
     r = _sample(tmp_path, tmp_path/"o", tmp_path/"e")
     assert r.returncode == 2 and r.stderr.strip() == f"sample_run: {tmp_path/'10_bootstrap'/'config.json'}: missing (the bootstrap's settings)"
+
+def test_committed_excerpt_and_examples_name_the_same_run():
+    "The committed excerpt is under 1 MB, counts what it holds, and the committed executed notebooks are of its run."
+    for d in sorted(run_nbs.SAMPLES.glob("*/run.json")):
+        folder = d.parent
+        assert sum(p.stat().st_size for p in folder.iterdir()) < 1_000_000
+        info = json.loads(d.read_text())
+        assert info["files"] == {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.jsonl")}
+        assert info["made_by"] == f"python tools/sample_run.py {info['run_dir']}"
+        assert run_nbs.run_problems(run_nbs.EXAMPLES/folder.name) == []

@@ -363,6 +363,10 @@ def readme(info: dict, sizes: dict[str, int], examples: list[str]) -> str:
              f"- **Made by**: `{info['made_by']}`" + (f", with the executed notebooks {', '.join(f'`{x}`' for x in examples)} in "
                                                      f"`examples/{info['profile']}/`" if examples else "") + ".",
              f"- **Size**: {sum(sizes.values()) / 1000:.0f} kB in {len(sizes)} files.", "",
+             "**Regenerate** from a new real run with the same command on its folder, then re-execute the notebooks that quote "
+             "the excerpt (`python tools/run_nbs.py nbs/000_tour.ipynb nbs/08_excerpt.ipynb` and the core notebooks 11-17, 44) "
+             "and check them all (`python tools/run_nbs.py --check`, which also checks that `examples/<profile>/` and "
+             "`run.json` name the same run).", "",
              "**Load it** with `selfinstruct_nb.excerpt` (`nbs/08_excerpt.ipynb`): `excerpt(\"bootstrap_requests\")` gives the "
              "records of `bootstrap_requests.jsonl`, `excerpt(\"run\")` the dict of `run.json`.", "",
              "| file | records | kB | what |", "|---|---|---|---|"]
