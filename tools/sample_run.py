@@ -360,6 +360,9 @@ def readme(info: dict, sizes: dict[str, int], examples: list[str]) -> str:
              f"{' (with uncommitted changes)' if info.get('dirty') else ''}; {info['platform'].get('cpus')} CPUs.",
              f"- **Model**: `{t.get('model', '?')}` ({t.get('backend', '?')}); model-generated text falls under its model's terms.",
              f"- **Stage time**: {secs}." + (f" {info['note']}" if info.get("note") else ""),
+             *([f"- **Resumed**: the stages ran at different commits: " + "; ".join(
+                 f"`{k}` at `{(v.get('git_commit') or '?')[:12]}`" for k, v in st.items()) + "."]
+               if len({v.get("git_commit") for v in st.values() if v.get("git_commit")}) > 1 else []),
              f"- **Made by**: `{info['made_by']}`" + (f", with the executed notebooks {', '.join(f'`{x}`' for x in examples)} in "
                                                      f"`examples/{info['profile']}/`" if examples else "") + ".",
              f"- **Size**: {sum(sizes.values()) / 1000:.0f} kB in {len(sizes)} files.", "",
