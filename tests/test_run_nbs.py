@@ -205,3 +205,29 @@ def test_committed_excerpt_and_examples_name_the_same_run():
         assert info["files"] == {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.jsonl")}
         assert info["made_by"] == f"python tools/sample_run.py {info['run_dir']}"
         assert run_nbs.run_problems(run_nbs.EXAMPLES/folder.name) == []
+
+def test_sample_run_experiment_tables(fake_run, tmp_path):
+    "When the run has 44_experiment, its tables come along as experiment_<name>.jsonl; a too large one is named, not copied."
+    import shutil
+    _, run0 = fake_run
+    run = tmp_path/"outputs"/"demo-20260101-000000"; shutil.copytree(run0, run)
+    d = run/"44_experiment"; d.mkdir()
+    (d/"comparison.csv").write_text("model,rougeL all,answer_words\nbase,0.111,19.5\n+self_instruct,0.010,3.4\n")
+    (d/"answers.jsonl").write_text("".join(json.dumps({"id": f"u{i}", "model": m, "answer": "x"}) + "\n" for m in ("base", "+seeds") for i in range(3)))
+    (d/"requests_base.jsonl").write_text("{}\n")                       # a journal, not a table
+    (d/"big.csv").write_text("a\n" + "x" * 250_000 + "\n")
+    man = json.loads((run/"manifest.json").read_text())
+    man["stages"]["44_experiment"] = {"status": "ok", "seconds": 1.0}
+    (run/"manifest.json").write_text(json.dumps(man))
+    out = tmp_path/"samples"
+    r = _sample(run, out, tmp_path/"examples", "--no-notebooks")
+    assert r.returncode == 0, r.stderr
+    d2 = out/"demo"
+    assert sorted(p.name for p in d2.glob("experiment_*")) == ["experiment_answers.jsonl", "experiment_comparison.jsonl"]
+    rows = [json.loads(l) for l in (d2/"experiment_comparison.jsonl").read_text().splitlines()]
+    assert rows[1] == {"model": "+self_instruct", "rougeL all": 0.01, "answer_words": 3.4}
+    info = json.loads((d2/"run.json").read_text())
+    assert info["left_out"] == [{"file": "44_experiment/big.csv", "bytes": (d/"big.csv").stat().st_size}]
+    sys.path.insert(0, str(ROOT))
+    from selfinstruct_nb.excerpt import pipeline_counts
+    assert pipeline_counts("demo", samples=out)["rouge_l"] == {"base": 0.111, "+self_instruct": 0.01}

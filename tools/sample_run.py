@@ -48,7 +48,8 @@ SCHEMA: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ("note", "what the person who made the excerpt recorded about the run (e.g. the machine's load), or null"),
         ("made_by", "the command that made the excerpt"),
         ("stages", "per stage: status, seconds, reused, git_commit, params, metrics (the stage's `metrics.json`)"),
-        ("files", "every `.jsonl` file of the excerpt and its number of records")]),
+        ("files", "every `.jsonl` file of the excerpt and its number of records"),
+        ("left_out", "the run's experiment tables too large for the excerpt (file, bytes)")]),
     "bootstrap_requests.jsonl": ("one record per bootstrap request, in request order (10_bootstrap)", [
         ("n, id, step", "the request's number, its id, its step (`n // requests_per_round`)"),
         ("in_context", "the prompt's 8 instructions in prompt order (`Task 1:` .. `Task 8:`): `instruction`, `source` "
@@ -259,13 +260,16 @@ def instance_parts(run: Path) -> list:
                     "raw": g.get("raw"), "error": g.get("error"), "parsed": rows, "task_fate": task_fate})
     return out
 
-def experiment_parts(run: Path) -> dict[str, list]:
+MAX_TABLE_BYTES = 200_000    # an experiment table larger than this is left out of the excerpt (and named in run.json)
+
+def experiment_parts(run: Path, skipped: list) -> dict[str, list]:
     "experiment_<name>: every top-level table of 44_experiment (CSV or JSONL) as records; none when the stage has not run."
     d = run/"44_experiment"
     if not d.is_dir(): return {}
     out = {}
     for p in sorted(d.iterdir()):
         if not p.is_file() or p.name.startswith(("requests", "llm_journal")) or p.suffix not in (".csv", ".jsonl"): continue
+        if p.stat().st_size > MAX_TABLE_BYTES: skipped.append({"file": f"44_experiment/{p.name}", "bytes": p.stat().st_size}); continue
         name = "experiment_" + re.sub(r"\W+", "_", p.stem)
         out[name] = read_csv(p) if p.suffix == ".csv" else read_jsonl(p)
     return out
@@ -333,12 +337,14 @@ def make_excerpt(run: Path, out: Path, cmd: str, note: str|None = None) -> dict[
     if "13_filter" in done: parts["funnel"] = read_csv(run/"13_filter"/"funnel.csv")
     if "15_analysis" in done:
         parts["analysis_stats"] = [{"statistic": r.pop(next(iter(r))), **r} for r in read_csv(run/"15_analysis"/"stats.csv")]
-    if "44_experiment" in done: parts.update(experiment_parts(run))
+    skipped: list[dict] = []
+    if "44_experiment" in done: parts.update(experiment_parts(run, skipped))
     out.mkdir(parents=True, exist_ok=True)
     for old in list(out.glob("*.jsonl")) + list(out.glob("*.json")): old.unlink()
     counts = {}
     info = run_info(run, man, cmd, note)
     info["files"] = {f"{k}.jsonl": len(v) for k, v in parts.items()}
+    info["left_out"] = skipped   # tables too large for the excerpt
     (out/"run.json").write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     for k, recs in parts.items():
         (out/f"{k}.jsonl").write_text("".join(dumps(r) + "\n" for r in recs), encoding="utf-8")
