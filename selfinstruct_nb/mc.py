@@ -270,7 +270,7 @@ def score_loglik(items: list[MCItem], model, tokenizer, batch_size: int = 8, max
     "A record per item: each option's summed log-prob after the zero-shot prompt, the argmax, and whether it is gold."
     done = {}
     if journal and Path(journal).exists(): done = {r["key"]: r for r in read_jsonl(journal, skip_torn_tail=True)}
-    sig = stable_hash([getattr(model.config, "_name_or_path", ""), max_length], 12)
+    sig = stable_hash([Path(str(getattr(model.config, "_name_or_path", ""))).name, max_length], 12)  # the model folder's name, not where it lives
     todo, recs = [], {}
     for it in items:
         base = {"benchmark": it.benchmark, "task": it.task, "index": it.index, "method": "loglik", "setting": "zero-shot",
