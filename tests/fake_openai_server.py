@@ -113,6 +113,7 @@ class FakeOpenAIServer:
         self._attempts: Counter = Counter()   # body hash -> times seen
         self.counters: Counter = Counter()    # outcome -> requests
         self.paths: Counter = Counter()       # POST path -> requests (e.g. "/v1/completions"), whatever the outcome
+        self.answers: list = []               # (time.monotonic() when written, usage) of every completion answered 200
         self.httpd = _Server((host, port), self._handler_class())
         self._thread: threading.Thread|None = None
 
@@ -381,8 +382,39 @@ class FakeOpenAIServer:
                     bad = (json.dumps(full)[:25].encode() if int(hashlib.sha256(body).hexdigest(), 16) % 2
                            else json.dumps({k: v for k, v in full.items() if k != "choices"}).encode())
                     return self._send(200, raw=bad)
-                self._send(200, server.completion_body(path, req))
+                body = server.completion_body(path, req)
+                self._send(200, body)
+                with server._lock: server.answers.append((time.monotonic(), body["usage"]))
         return Handler
+
+
+class BlackHoleServer:
+    "A loopback server that accepts connections, reads what is sent and never answers (a hung replica)."
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port)); self.sock.listen(512); self.sock.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.connections, self._conns, self._stop = 0, [], threading.Event()
+        self._thread: threading.Thread|None = None
+    def _serve(self):
+        while not self._stop.is_set():
+            try: c, _ = self.sock.accept()
+            except (socket.timeout, OSError): continue
+            c.setblocking(False)
+            self._conns.append(c); self.connections += 1
+            for x in self._conns:                       # drain what clients send, so they are never blocked writing
+                try: x.recv(65536)
+                except OSError: pass
+    def start(self) -> "BlackHoleServer":
+        self._thread = threading.Thread(target=self._serve, daemon=True); self._thread.start(); return self
+    def stop(self):
+        self._stop.set()
+        if self._thread: self._thread.join(5)
+        for c in self._conns: c.close()
+        self.sock.close()
+    def __enter__(self): return self.start()
+    def __exit__(self, *a): self.stop()
 
 
 def main(argv=None):
