@@ -491,8 +491,17 @@ def check_plans(plans: Sequence[StagePlan], environ=None) -> None:
             else: raise ConfigError(f"{where}: unknown backend {backend!r}: expected 'transformers', 'openai' or 'llamacpp'")
 
 # %% ../nbs/04_runner.ipynb #ea7620c2
+def _die_with_parent():
+    "A `preexec_fn` (Linux) that makes the child receive SIGKILL when this process dies, however it dies."
+    import ctypes, signal
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()   # looked up before the fork
+    def preexec():
+        prctl(1, signal.SIGKILL)                                  # PR_SET_PDEATHSIG
+        if os.getppid() != parent: os.kill(os.getpid(), signal.SIGKILL)   # the parent died before prctl
+    return preexec
+
 def stage_kernel_manager():
-    "An `AsyncKernelManager` class for stage kernels: IPC transport where the OS has it, no SIGINT on shutdown."
+    "An `AsyncKernelManager` class for stage kernels: IPC transport where the OS has it, no SIGINT on shutdown, dies with the runner."
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
     class StageKernelManager(AsyncKernelManager):
@@ -510,6 +519,9 @@ def stage_kernel_manager():
             from jupyter_core.paths import jupyter_runtime_dir
             Path(jupyter_runtime_dir()).mkdir(parents=True, exist_ok=True)
             return os.path.join(jupyter_runtime_dir(), f"kernel-{os.getpid()}-{uuid.uuid4().hex[:12]}-ipc")
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if sys.platform.startswith("linux"): kw.setdefault("preexec_fn", _die_with_parent())
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
         async def _async_interrupt_kernel(self):
             if not self._shutting_down: await super()._async_interrupt_kernel()
         async def shutdown_kernel(self, now: bool = False, restart: bool = False):
