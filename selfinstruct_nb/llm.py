@@ -501,9 +501,12 @@ def make_backend(kind: str,                    # "openai" | "transformers" | "ll
                  model: str,                   # server model name, hub id, folder, "tiny", "gemma-3-270m" or a .gguf
                  base_url: str|None = None,    # openai: server URL, or several (a list or comma-separated)
                  api_key_env: str = "OPENAI_API_KEY",  # openai: NAME of the env var with the key ("" = none)
+                 timeout: float|None = None,   # openai: seconds to wait for an answer (None: grows with max_tokens)
+                 connect_timeout: float = 5.0, # openai: seconds to wait for a connection
                  **kw):                        # passed to the backend's constructor
     "The backend of `kind` for `model`."
-    if kind == "openai": return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, **kw)
+    if kind == "openai":
+        return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout, connect_timeout=connect_timeout, **kw)
     if kind == "transformers": return TransformersBackend(model, **kw)
     if kind == "llamacpp":
         from selfinstruct_nb.gemma import LlamaCppBackend   # llama.cpp in-process (the `llamacpp` extra)
