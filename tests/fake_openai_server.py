@@ -91,6 +91,8 @@ class FakeOpenAIServer:
                  batch_expire_after: float = 0.5, # fraction of a batch's lines answered before it expires
                  batch_line_fault: Callable[[dict], str|None]|None = None,  # batch line body -> an HTTP status such as
                                                                            # "400" or "500" for that line, or None
+                 batch_drop: Callable[[str, str], bool]|None = None,  # (method, path) of a /v1/files or /v1/batches
+                                                   # call -> True: do the work, then close the connection unanswered
                  host: str = "127.0.0.1", port: int = 0):
         self.latency, self.seed, self.timeout_sleep, self.retry_after = latency, seed, timeout_sleep, retry_after
         self.tail_rate, self.tail_latency, self.jitter, self.capacity = tail_rate, tail_latency, jitter, capacity
@@ -104,7 +106,7 @@ class FakeOpenAIServer:
         if batch_outcome not in ("completed", "expired", "failed"):
             raise ValueError(f"batch_outcome must be 'completed', 'expired' or 'failed', got {batch_outcome!r}")
         self.batch_validating, self.batch_in_progress, self.batch_outcome = batch_validating, batch_in_progress, batch_outcome
-        self.batch_expire_after, self.batch_line_fault = batch_expire_after, batch_line_fault
+        self.batch_expire_after, self.batch_line_fault, self.batch_drop = batch_expire_after, batch_line_fault, batch_drop
         self._batch_release = threading.Event()
         if not batch_hold: self._batch_release.set()
         self.files: dict[str, dict] = {}      # file id -> {"meta": FileObject dict, "data": bytes}
@@ -322,8 +324,14 @@ class FakeOpenAIServer:
             def _batch_api(self, method, body=b""):
                 if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     return self._error(401, "invalid_api_key", "Incorrect API key provided.")
-                status, obj = server.batch_api(method, self.path.split("?")[0].rstrip("/"), body,
-                                               self.headers.get("Content-Type", ""))
+                path = self.path.split("?")[0].rstrip("/")
+                status, obj = server.batch_api(method, path, body, self.headers.get("Content-Type", ""))
+                if server.batch_drop is not None and server.batch_drop(method, path):   # done, and the answer is lost
+                    server._bcount("dropped_answers")
+                    self.close_connection = True
+                    try: self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError: pass
+                    return
                 if isinstance(obj, bytes):
                     try:
                         self.send_response(status); self.send_header("Content-Type", "application/octet-stream")
