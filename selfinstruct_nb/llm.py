@@ -345,13 +345,15 @@ class OpenAIBackend:
                 race.put(out, late)
             threading.Thread(target=go, daemon=True, name="llm-call").start()
         start(ep)
+        wait = 0.05
         while True:
-            try: who, comp, err = race.q.get(timeout=0.05)
+            try: who, comp, err = race.q.get(timeout=wait)
             except queue.Empty:
-                if hedged: continue                        # one hedge per attempt
+                if hedged: wait = 1.0; continue            # one hedge per attempt
                 with self._cond:
                     now = time.monotonic()
-                    if not self._stalled(ep, now): continue
+                    if not self._stalled(ep, now):         # look again when it could be stalled (within 0.05-1 s)
+                        wait = min(1.0, max(0.05, max(ep.busy_since, ep.last_answer) + self.probe_time() - now)); continue
                     self._take_out(ep, now)
                 other = self._acquire(block=False)         # sent elsewhere; the stalled call runs on: first answer wins
                 if other is None: continue
