@@ -18,6 +18,11 @@ tail_rate`), which also charges the retries and their backoff to the run. The li
 rerun of the window schedule from the warm cache into a new folder: the HTTP requests it sent (goal 0) and whether
 it built the identical pool.
 
+Last, a hung replica (issue 17): the window schedule once against the server alone, once against a black hole (a
+loopback server that accepts connections and never answers) listed first beside it. It prints both times, the
+ratio (goal <= 1.3), the requests hedged away from the black hole and whether the pool is identical.
+`--black-hole-only` runs just this section.
+
     SELFINSTRUCT_DATA=../shared/data python bench/bootstrap_throughput.py [--concurrency 32] [--requests 960] [--window 256]
 """
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT/"tests"))
-from fake_openai_server import FakeOpenAIServer  # noqa: E402
+from fake_openai_server import BlackHoleServer, FakeOpenAIServer  # noqa: E402
 from responders import SelfInstructResponder  # noqa: E402
 from selfinstruct_nb import data  # noqa: E402
 from selfinstruct_nb.bootstrap import bootstrap  # noqa: E402
@@ -65,6 +70,18 @@ def run(url, seeds, out, cache, schedule, a, window=None) -> dict:
                 sent=len(lat), stats=client.stats, pool=pool, summary=s)
 
 
+def black_hole(url, seeds, tmp, a) -> None:
+    "The window schedule on the server alone, then with a black-hole replica beside it: times, ratio, identical pool."
+    alone = run(url, seeds, tmp/"bh-alone", None, "window", a, 64)
+    with BlackHoleServer() as hole:
+        both = run(f"{hole.url},{url}", seeds, tmp/"bh-both", None, "window", a, 64)
+        ep = both["stats"]["endpoints"][hole.url]
+        print(f"black-hole replica beside the server (window 64, no cache): alone {alone['seconds']:.2f} s, with the black "
+              f"hole {both['seconds']:.2f} s, ratio {both['seconds'] / alone['seconds']:.2f} (goal <= 1.3); {hole.connections} "
+              f"calls sent to it, {both['stats']['retries_by_reason'].get('stalled', 0)} hedged, taken out {ep['stalled']}x; "
+              f"identical pool: {both['pool'] == alone['pool']} ({len(alone['pool'])} instructions)", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", type=int, default=32)
@@ -74,6 +91,7 @@ def main(argv=None):
     ap.add_argument("--tail-rate", type=float, default=0.1)
     ap.add_argument("--tail-latency", type=float, default=2.0)
     ap.add_argument("--faults", type=float, default=0.1, help="share of attempts answered 429, 500 or dropped")
+    ap.add_argument("--black-hole-only", action="store_true", help="run only the black-hole replica section")
     a = ap.parse_args(argv)
     seeds = data.seed_tasks()
     tmp = Path(tempfile.mkdtemp(prefix="bench-bootstrap-"))
@@ -85,6 +103,10 @@ def main(argv=None):
               f"(429, 500, dropped); concurrency {a.concurrency}, {a.requests} requests per schedule, window {a.window}; "
               f"{os.cpu_count()} CPUs, load average before {load0:.2f}", flush=True)
         nominal_ideal = a.concurrency / nominal
+        if a.black_hole_only:
+            black_hole(srv.url, seeds, tmp, a)
+            print(f"load average after {os.getloadavg()[0]:.2f}")
+            return
         print(f"{'schedule':>14} {'requests':>8} {'seconds':>8} {'req/s':>7} {'mean latency':>12} {'ideal req/s':>11} {'ratio':>6} "
               f"{'nominal ideal':>13} {'nominal ratio':>13}")
         res = {}
@@ -105,6 +127,7 @@ def main(argv=None):
         again = run(srv.url, seeds, tmp/"window-rerun", tmp/"window.sqlite", "window", a)
         print(f"rerun from the cache: {srv.requests - before} HTTP requests, {again['seconds']:.2f} s, "
               f"identical pool: {again['pool'] == w['pool']} ({len(w['pool'])} instructions)")
+        black_hole(srv.url, seeds, tmp, a)
     print(f"load average after {os.getloadavg()[0]:.2f}")
 
 

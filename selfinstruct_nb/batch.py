@@ -125,6 +125,29 @@ def _chunks(pairs: list[tuple[str, str]], max_n: int, max_bytes: int):
     if group: yield group
 
 @patch
+def _find_batch(self: BatchClient, file_id: str) -> str|None:
+    "The id of a batch already made from the uploaded file `file_id`, if the account has one."
+    for b in self._api("batches.list", self.backend.client.batches.list, limit=100):   # pages through them all
+        if b.input_file_id == file_id: return b.id
+    return None
+
+@patch
+def _create(self: BatchClient, file_id: str, endpoint: str, desc: str) -> str:
+    "Create the batch of `file_id`, idempotently: before each retry, adopt the batch an unanswered try may have made."
+    import openai
+    oc = self.backend.client
+    for attempt in range(self.client.max_retries + 1):
+        if attempt and (bid := self._find_batch(file_id)) is not None: return bid   # created; only the answer was lost
+        try: return oc.batches.create(input_file_id=file_id, endpoint=endpoint, completion_window="24h",
+                                      metadata={"selfinstruct_nb": desc[:500]}).id
+        except openai.APIStatusError as e:
+            err = BackendError(f"http_{e.status_code}", self.backend.scrub(f"batches.create: {e.message}"),
+                               e.status_code in (408, 409, 429) or e.status_code >= 500)
+        except openai.APIConnectionError as e: err = BackendError("connection", self.backend.scrub(f"batches.create: {e}"), True)
+        if not err.retryable or attempt == self.client.max_retries: raise err
+        time.sleep(backoff_delay(attempt, self.client.backoff_base, self.client.backoff_max))
+
+@patch
 def _submit(self: BatchClient, keys: list[str], leaders: dict[str, LLMRequest], log: JsonlAppender, desc: str,
             fail) -> list[dict]:
     "Upload and create batches for `keys`; the journaled entries of the batches created."
@@ -139,13 +162,12 @@ def _submit(self: BatchClient, keys: list[str], leaders: dict[str, LLMRequest], 
                 f = self._api("files.create", oc.files.create, purpose="batch",
                               file=("requests.jsonl", "".join(r for _, r in group).encode()))
                 log.append({"event": "uploaded", "file_id": f.id, "endpoint": ep, "keys": gkeys})
-                b = self._api("batches.create", oc.batches.create, input_file_id=f.id, endpoint=ep,
-                              completion_window="24h", metadata={"selfinstruct_nb": desc[:500]})
-                log.append({"event": "created", "file_id": f.id, "batch_id": b.id})
+                bid = self._create(f.id, ep, desc)
+                log.append({"event": "created", "file_id": f.id, "batch_id": bid})
             except BackendError as e:
                 for k in gkeys: fail(k, e)
                 continue
-            out.append({"file_id": f.id, "endpoint": ep, "keys": gkeys, "batch_id": b.id, "collected": False})
+            out.append({"file_id": f.id, "endpoint": ep, "keys": gkeys, "batch_id": bid, "collected": False})
     return out
 
 
@@ -162,8 +184,7 @@ def _adopt(self: BatchClient, state: list[dict], pending: set[str], log: JsonlAp
             bid = listed.get(e["file_id"])
             if bid is None:
                 if not pending.issuperset(e["keys"]): continue      # some of its lines are answered: resubmit the rest
-                bid = self._api("batches.create", oc.batches.create, input_file_id=e["file_id"], endpoint=e["endpoint"],
-                                completion_window="24h", metadata={"selfinstruct_nb": desc[:500]}).id
+                bid = self._create(e["file_id"], e["endpoint"], desc)
             log.append({"event": "created", "file_id": e["file_id"], "batch_id": bid})
             e = {**e, "batch_id": bid}
         out.append(e); pending.difference_update(e["keys"])

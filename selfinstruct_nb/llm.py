@@ -21,10 +21,10 @@ from .core import (Generation, FieldError, JsonlAppender, canonical_json, read_j
 
 # %% auto #0
 __all__ = ['SAMPLING_PARAMS', 'OVERLOAD_CODES', 'normalize_params', 'LLMRequest', 'LLMResult', 'prompt_hash', 'request_key',
-           'Completion', 'BackendError', 'MissingAPIKeyError', 'split_base_urls', 'OpenAIBackend', 'cut_at_stop',
-           'PenaltyProcessor', 'TransformersBackend', 'make_backend', 'ResponseCache', 'backoff_delay', 'load_journal',
-           'LimitWindow', 'AdaptiveLimit', 'simulate_limit', 'configure_concurrency', 'LLMClient', 'sent_log_path',
-           'LLMSession']
+           'Completion', 'BackendError', 'MissingAPIKeyError', 'AuthenticationFailed', 'split_base_urls',
+           'read_timeout_for', 'OpenAIBackend', 'cut_at_stop', 'PenaltyProcessor', 'TransformersBackend',
+           'make_backend', 'ResponseCache', 'backoff_delay', 'load_journal', 'LimitWindow', 'AdaptiveLimit',
+           'simulate_limit', 'configure_concurrency', 'LLMClient', 'sent_log_path', 'LLMSession', 'auth_message']
 
 # %% ../nbs/02_llm.ipynb #a66d7aa0
 SAMPLING_PARAMS = {"temperature": float, "top_p": float, "max_tokens": int, "stop": list,
@@ -131,15 +131,24 @@ class Completion:
     finish_reason: str|None
     usage: dict
     ignored_params: list = field(default_factory=list)  # sampling parameters the backend could not honour
+    hedged: int = 0                     # extra calls made for this attempt (sent to another replica: this one stalled)
 
 class BackendError(Exception):
     "A failed backend call: `code` names the reason, `retryable` says whether trying again can help."
     def __init__(self, code: str, detail: str = "", retryable: bool = False, retry_after: float|None = None):
         self.code, self.detail, self.retryable, self.retry_after = code, detail, retryable, retry_after
+        self.hedged = 0                 # extra calls made for this attempt, as `Completion.hedged`
         super().__init__(f"{code}: {detail}" if detail else code)
 
 class MissingAPIKeyError(RuntimeError):
     "The environment variable that should hold the API key is not set (the message names it, never a value)."
+
+class AuthenticationFailed(RuntimeError):
+    "The server refused the key (HTTP 401 or 403): no request of the run can succeed, so the run stops at once."
+
+# the write-ahead call log of the session whose worker thread is calling (`LLMSession._log_call`), if any:
+# a backend that sends more than one call for an attempt (a hedge) reports each through it
+_CALLS = threading.local()
 
 # %% ../nbs/02_llm.ipynb #eee30985
 def _one_line(s: str, limit: int = 300) -> str:
@@ -155,16 +164,40 @@ def split_base_urls(base_url) -> list:
     if dup: raise ValueError(f"base_url: {dup[0]} is listed twice")
     return urls or [None]
 
+def read_timeout_for(max_tokens: int|None,   # the request's `max_tokens` (None: the server's own limit)
+                     base: float = 30.0,      # seconds for the queue, the prompt and the first token
+                     per_token: float = 0.1,  # seconds per token at the slowest pace waited for (10 tokens/s)
+                     unbounded: int = 4096,   # tokens assumed when a request sets no `max_tokens`
+                    ) -> float:
+    "Seconds to wait for an answer of up to `max_tokens` tokens: the longest answer of a slow server fits in it."
+    return base + per_token * (max_tokens or unbounded)
+
 class _Endpoint:
-    "One server of a fleet: its client, requests in flight, outcomes, latencies and circuit-breaker state."
+    "One server of a fleet: its client, requests in flight, outcomes, latencies, silence and circuit-breaker state."
     def __init__(self, client):
         self.client, self.url = client, str(client.base_url).rstrip("/")
-        self.in_flight = self.requests = self.ok = self.failed = self.opened = self.fails_in_row = 0
+        self.in_flight = self.requests = self.ok = self.failed = self.opened = self.fails_in_row = self.stalls = 0
         self.open_until, self.latency_sum, self.latencies = 0.0, 0.0, deque(maxlen=10_000)
         self.limiter = None   # an `AdaptiveLimit` when the client's concurrency is "auto" (`configure_concurrency`)
+        self.busy_since = self.last_answer = 0.0   # when its calls in flight began waiting; when it last answered anything
+        self.late = {"answers": 0, "prompt_tokens": 0, "completion_tokens": 0}  # answers that lost a hedge race
 
 # failures that say "this server is unwell" (a 4xx or a 429 says nothing against the server)
 _BREAKER_CODES = ("connection", "timeout", "malformed")
+
+class _Race:
+    "The calls of one attempt (the first, and a hedge if it stalls): the first answer wins, the others come late."
+    def __init__(self): self.q, self.lock, self.done = queue.SimpleQueue(), threading.Lock(), False
+    def put(self, out, late):
+        with self.lock:
+            if not self.done: return self.q.put(out)
+        late(out)
+    def settle(self, late):
+        "No more outcomes are taken: those already queued, and those to come, go to `late`."
+        with self.lock: self.done = True
+        while True:
+            try: late(self.q.get_nowait())
+            except queue.Empty: return
 
 class OpenAIBackend:
     "Completion and chat requests to one or several OpenAI-compatible servers (OpenAI, vLLM, Ollama, llama.cpp)."
@@ -173,10 +206,13 @@ class OpenAIBackend:
                  model: str,                   # model name as the server knows it
                  base_url: str|list|None = None,  # e.g. "http://127.0.0.1:8000/v1"; several: "http://a/v1,http://b/v1"
                  api_key_env: str = "OPENAI_API_KEY",  # NAME of the env var holding the key; "" for servers without auth
-                 timeout: float = 60.0,        # default per-request timeout (LLMClient passes its own)
+                 timeout: float|None = None,   # seconds to wait for an answer (None: `read_timeout_for(max_tokens)`)
+                 connect_timeout: float = 5.0, # seconds to wait for a connection
                  endpoint_concurrency: int|None = None,  # most requests in flight per endpoint (None: no limit of its own)
                  breaker_failures: int = 5,    # this many server failures in a row take an endpoint out of the rotation
-                 breaker_cooldown: float = 30.0):  # ... for this many seconds; then one probe request may bring it back
+                 breaker_cooldown: float = 30.0,  # ... for this many seconds; then one probe request may bring it back
+                 stall_timeout: float|None = None):  # a replica silent this long while others answer is taken out and
+                                               # its calls are hedged (None: 4 x the fleet's median latency, at least 1 s)
         import openai
         self.model = self.model_id = model
         self.base_url, self.api_key_env = base_url, api_key_env
@@ -188,10 +224,12 @@ class OpenAIBackend:
                                          f"or pass api_key_env='' for a server that needs no key")
         else: key = "EMPTY"   # vLLM / llama.cpp convention for no auth
         self._secrets = [key] if len(key) >= 4 and key != "EMPTY" else []
-        self.endpoints = [_Endpoint(openai.OpenAI(base_url=u, api_key=key, max_retries=0, timeout=timeout)) for u in urls]
+        self.timeout, self.connect_timeout, self.stall_timeout = timeout, connect_timeout, stall_timeout
+        self.endpoints = [_Endpoint(openai.OpenAI(base_url=u, api_key=key, max_retries=0)) for u in urls]
         self.client = self.endpoints[0].client
         self.endpoint_concurrency, self.breaker_failures, self.breaker_cooldown = endpoint_concurrency, breaker_failures, breaker_cooldown
         self._cond, self._tls = threading.Condition(), threading.local()
+        self._recent, self._median = deque(maxlen=256), None   # latencies of the fleet's recent answers, their median
     def __repr__(self): return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
     def identity(self) -> dict:
         "What besides the model name decides the answers: the server (llama.cpp answers to any model name); of a fleet, the first."
@@ -200,9 +238,14 @@ class OpenAIBackend:
         "`s` on one line with the API key replaced by `[redacted]`."
         for k in self._secrets: s = str(s).replace(k, "[redacted]")
         return _one_line(s)
+    def request_timeout(self, req: LLMRequest, timeout: float|None = None):
+        "The `httpx.Timeout` of one call: `timeout` (the client's), else the backend's, else one that grows with `max_tokens`."
+        import httpx
+        read = timeout if timeout is not None else self.timeout if self.timeout is not None else read_timeout_for(req.params.get("max_tokens"))
+        return httpx.Timeout(read, connect=min(self.connect_timeout, read))
 
-    def _acquire(self) -> _Endpoint:
-        "The endpoint for the next attempt: in the rotation, below its limit, fewest in flight; not the one that just failed."
+    def _acquire(self, block: bool = True) -> _Endpoint|None:
+        "The endpoint for the next call: in the rotation, below its limit, fewest in flight; not the one that just failed."
         avoid = getattr(self._tls, "failed", None)
         with self._cond:
             while True:
@@ -215,31 +258,51 @@ class OpenAIBackend:
                 if len(free) > 1 and avoid in free: free.remove(avoid)
                 if free:
                     ep = min(free, key=lambda e: (e.in_flight, e.requests))
+                    if ep.in_flight == 0: ep.busy_since = now
                     ep.in_flight += 1; ep.requests += 1
                     if ep.limiter is not None: ep.limiter.sent(time.monotonic())
                     return ep
+                if not block: return None
                 wake = [ep.open_until - now for ep in self.endpoints if ep.open_until > now]
                 self._cond.wait(min(wake + [0.5]))
 
     def _release(self, ep: _Endpoint, seconds: float, err: BackendError|None):
         with self._cond:
+            now = time.monotonic()
             ep.in_flight -= 1; ep.latency_sum += seconds; ep.latencies.append(seconds)
-            if ep.limiter is not None:
-                now = time.monotonic(); ep.limiter.done(now - seconds, now, err.code if err is not None else None)
-            if err is None: ep.ok += 1; ep.fails_in_row = 0; ep.open_until = 0.0
+            if ep.limiter is not None: ep.limiter.done(now - seconds, now, err.code if err is not None else None)
+            if err is None or err.code.startswith("http_") or err.code == "malformed": ep.last_answer = now  # it spoke
+            if err is None:
+                ep.ok += 1; ep.fails_in_row = 0; ep.open_until = 0.0
+                self._recent.append(seconds); self._median = sorted(self._recent)[len(self._recent) // 2]
             else:
                 ep.failed += 1
                 if err.code in _BREAKER_CODES or err.code.startswith("http_5"):
                     ep.fails_in_row += 1
                     if ep.fails_in_row >= self.breaker_failures and len(self.endpoints) > 1:
-                        now = time.monotonic()
                         if ep.open_until <= now: ep.opened += 1
                         ep.open_until = now + self.breaker_cooldown
             self._cond.notify_all()
-        self._tls.failed = ep if err is not None else None
+
+    def probe_time(self) -> float:
+        "Seconds of silence after which a replica counts as stalled: `stall_timeout`, or 4 x the fleet's median latency (at least 1 s)."
+        if self.stall_timeout is not None: return self.stall_timeout
+        return max(1.0, 4 * (self._median or 0.0))
+
+    def _stalled(self, ep: _Endpoint, now: float) -> bool:
+        "Whether `ep`, with calls in flight, has said nothing for `probe_time()` while another endpoint answered (under `_cond`)."
+        if ep.in_flight == 0 or len(self.endpoints) == 1: return False
+        quiet = max(ep.busy_since, ep.last_answer)
+        return now - quiet > self.probe_time() and any(o.last_answer > quiet for o in self.endpoints if o is not ep)
+
+    def _take_out(self, ep: _Endpoint, now: float):
+        "Take a stalled `ep` out of the rotation for `breaker_cooldown` seconds; then it gets one probe at a time (under `_cond`)."
+        if ep.open_until <= now: ep.opened += 1; ep.stalls += 1
+        ep.open_until = now + self.breaker_cooldown
+        ep.fails_in_row = max(ep.fails_in_row, self.breaker_failures)
 
     def endpoint_stats(self) -> dict:
-        "Per endpoint: attempts sent, their outcomes, latency (mean, p50, p95 of recent ones), times taken out of the rotation."
+        "Per endpoint: attempts sent, their outcomes, latency (mean, p50, p95 of recent ones), times out of the rotation, stalls, late answers."
         out = {}
         with self._cond:
             for ep in self.endpoints:
@@ -248,13 +311,13 @@ class OpenAIBackend:
                 out[ep.url] = {"requests": ep.requests, "ok": ep.ok, "failed": ep.failed,
                                "mean_latency_s": round(ep.latency_sum / ep.requests, 4) if ep.requests else None,
                                "p50_latency_s": q(0.5), "p95_latency_s": q(0.95), "circuit_opened": ep.opened,
-                               "in_rotation": ep.open_until <= time.monotonic(),
+                               "in_rotation": ep.open_until <= time.monotonic(), "stalled": ep.stalls,
+                               "in_flight": ep.in_flight, "late_answers": dict(ep.late),
                                **({"concurrency": ep.limiter.summary()} if ep.limiter is not None else {})}
         return out
 
-    def call(self, req: LLMRequest, timeout: float|None = None) -> Completion:
-        "One attempt on one endpoint; raises `BackendError` with a reason code."
-        ep, t0 = self._acquire(), time.monotonic()
+    def _attempt(self, ep: _Endpoint, req: LLMRequest, timeout: float|None) -> Completion:
+        t0 = time.monotonic()
         try: comp = self._call(ep.client, req, timeout)
         except BackendError as e:
             self._release(ep, time.monotonic() - t0, e); raise
@@ -263,13 +326,56 @@ class OpenAIBackend:
         self._release(ep, time.monotonic() - t0, None)
         return comp
 
+    def call(self, req: LLMRequest, timeout: float|None = None) -> Completion:
+        "One attempt; raises `BackendError` with a reason code. Of a fleet: hedged on another replica if its replica stalls."
+        ep = self._acquire()
+        if len(self.endpoints) == 1: return self._attempt(ep, req, timeout)
+        log, race, running, hedged = getattr(_CALLS, "log", None), _Race(), {ep}, 0
+        def late(out):   # an answer after the race was decided: billed, so counted
+            who, comp, err = out
+            if comp is not None:
+                with self._cond:
+                    who.late["answers"] += 1; _add(who.late, {k: comp.usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens")})
+            if log: log(req, "late", comp.usage if comp is not None else None, err.code if err is not None else None)
+        def start(ep):
+            def go():
+                try: out = (ep, self._attempt(ep, req, timeout), None)
+                except BackendError as e: out = (ep, None, e)
+                except BaseException as e: out = (ep, None, BackendError(f"error_{type(e).__name__}", self.scrub(str(e))))
+                race.put(out, late)
+            threading.Thread(target=go, daemon=True, name="llm-call").start()
+        start(ep)
+        wait = 0.05
+        while True:
+            try: who, comp, err = race.q.get(timeout=wait)
+            except queue.Empty:
+                if hedged: wait = 1.0; continue            # one hedge per attempt
+                with self._cond:
+                    now = time.monotonic()
+                    if not self._stalled(ep, now):         # look again when it could be stalled (within 0.05-1 s)
+                        wait = min(1.0, max(0.05, max(ep.busy_since, ep.last_answer) + self.probe_time() - now)); continue
+                    self._take_out(ep, now)
+                other = self._acquire(block=False)         # sent elsewhere; the stalled call runs on: first answer wins
+                if other is None: continue
+                if log: log(req, "send")
+                hedged += 1; running.add(other); start(other)
+                continue
+            running.discard(who)
+            now = time.monotonic()
+            if comp is None and running and not all(x.open_until > now for x in running): continue  # the other may answer
+            race.settle(late)
+            self._tls.failed = who if comp is None else None
+            if comp is None: err.hedged = hedged; raise err
+            comp.hedged = hedged
+            return comp
+
     def _call(self, client, req: LLMRequest, timeout: float|None) -> Completion:
         import openai
-        kw = dict(model=self.model, timeout=timeout, **req.params)
+        kw = dict(model=self.model, timeout=self.request_timeout(req, timeout), **req.params)
         try:
             if req.mode == "chat": resp = client.chat.completions.create(messages=req.messages, **kw)
             else: resp = client.completions.create(prompt=req.prompt, **kw)
-        except openai.APITimeoutError: raise BackendError("timeout", f"no answer within {timeout}s", True) from None
+        except openai.APITimeoutError: raise BackendError("timeout", f"no answer within {kw['timeout'].read}s", True) from None
         except openai.APIConnectionError as e:
             cause = f" ({type(e.__cause__).__name__})" if e.__cause__ else ""
             raise BackendError("connection", self.scrub(f"{e}{cause}"), True) from None
@@ -397,9 +503,12 @@ def make_backend(kind: str,                    # "openai" | "transformers" | "ll
                  model: str,                   # server model name, hub id, folder, "tiny", "gemma-3-270m" or a .gguf
                  base_url: str|None = None,    # openai: server URL, or several (a list or comma-separated)
                  api_key_env: str = "OPENAI_API_KEY",  # openai: NAME of the env var with the key ("" = none)
+                 timeout: float|None = None,   # openai: seconds to wait for an answer (None: grows with max_tokens)
+                 connect_timeout: float = 5.0, # openai: seconds to wait for a connection
                  **kw):                        # passed to the backend's constructor
     "The backend of `kind` for `model`."
-    if kind == "openai": return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, **kw)
+    if kind == "openai":
+        return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout, connect_timeout=connect_timeout, **kw)
     if kind == "transformers": return TransformersBackend(model, **kw)
     if kind == "llamacpp":
         from selfinstruct_nb.gemma import LlamaCppBackend   # llama.cpp in-process (the `llamacpp` extra)
@@ -621,7 +730,13 @@ def _new_stats() -> dict:
     return {"requests": 0, "ok": 0, "failed": 0, "failed_reasons": {}, "cached": 0, "resumed": 0,
             "backend_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "est_cost_usd": 0.0,
             "retries": 0, "retries_by_reason": {}, "resent": 0,
-            "resent_usage": {"backend_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "est_cost_usd": 0.0}}
+            "resent_usage": {"backend_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "est_cost_usd": 0.0},
+            "lost_calls": _new_lost()}
+
+def _new_lost() -> dict:
+    "Calls of killed processes that no journaled result holds (in `backend_calls` and the token totals too)."
+    return {"calls": 0, "answered": 0, "prompt_tokens": 0, "completion_tokens": 0, "est_cost_usd": 0.0,
+            "died": 0, "died_prompt_tokens_est": 0, "died_prompt_tokens_unknown_calls": 0, "died_completion_tokens": None}
 
 class LLMClient:
     "Runs requests through a backend with a cache, bounded concurrency, retries, a resumable journal and accounting."
@@ -630,7 +745,7 @@ class LLMClient:
                  concurrency: int|str = 8,    # requests in flight (threads) for HTTP backends; "auto": found per endpoint
                  max_concurrency: int = 64,   # concurrency="auto": the most in flight (threads; each endpoint's ceiling)
                  max_retries: int = 6,        # retries after the first attempt, for retryable failures
-                 timeout: float = 60.0,       # seconds per HTTP request
+                 timeout: float|None = None,  # seconds to wait for an answer (None: the backend's, which grows with max_tokens)
                  backoff_base: float = 0.5,   # first retry waits up to this long
                  backoff_max: float = 30.0,   # no wait is longer
                  prices: dict|None = None,    # {"prompt": usd_per_1k, "completion": usd_per_1k} or {model: {...}}
@@ -657,12 +772,21 @@ class LLMClient:
                           retries: Counter|None = None,       # if given, counts the retries by the reason of the failure
                          ) -> tuple[Completion|None, BackendError|None, int]:
         "One request with retries: `(completion, None, attempts)` or `(None, last_error, attempts)`."
-        stop, attempts = stop or threading.Event(), 0
+        stop, attempts, log = stop or threading.Event(), 0, getattr(_CALLS, "log", None)
         while True:
             attempts += 1
-            try: return self.backend.call(req, timeout=self.timeout), None, attempts
+            if log: log(req, "send")                 # write-ahead: on disk before the call goes out
+            try: comp = self.backend.call(req, timeout=self.timeout)
             except BackendError as e: err = e
             except Exception as e: err = BackendError(f"error_{type(e).__name__}", _one_line(str(e)), False)
+            else:
+                if log: log(req, "answer", comp.usage)
+                if comp.hedged and retries is not None: retries["stalled"] += comp.hedged
+                return comp, None, attempts + comp.hedged
+            if log: log(req, "error", None, err.code)
+            attempts += err.hedged
+            if err.hedged and retries is not None: retries["stalled"] += err.hedged
+            if err.code in ("http_401", "http_403"): return None, err, attempts   # no retry can help, nor any other request
             if not err.retryable or attempts > self.max_retries or stop.is_set(): return None, err, attempts
             if retries is not None: retries[err.code] += 1
             if stop.wait(backoff_delay(attempts - 1, self.backoff_base, self.backoff_max, err.retry_after)):
@@ -735,7 +859,7 @@ def _run_batch(self: LLMClient, batch: list[LLMRequest], attempts: int = 1):
 
 # %% ../nbs/02_llm.ipynb #813d5ba1
 def sent_log_path(journal) -> Path:
-    "The journal's companion file of sent request ids: a request sent but not journaled was in flight at a kill."
+    "The journal's write-ahead log of calls: each call before it is sent, each answer's usage as it arrives."
     p = resolve(journal)
     return p.with_name(p.name + ".sent")
 
@@ -757,9 +881,14 @@ class LLMSession:
         self.writer = JsonlAppender(journal, fsync=False) if journal else None
         self._sync_fd = os.open(self.writer.path, os.O_RDONLY) if self.writer else None
         sent = sent_log_path(journal) if journal else None
-        self.sent_before = {d["id"] for d in read_jsonl(sent, skip_torn_tail=True)} if sent and sent.exists() else set()
+        self.calls_before = _read_call_log(sent) if sent and sent.exists() else {}
+        self.sent_before = {i for i, c in self.calls_before.items() if c["sends"]}
+        self.history = history
         self.sent_log = JsonlAppender(sent, fsync=False) if sent else None
-        self.ids, self.claimed, self.resent = set(), set(), set()
+        self.ids, self.claimed, self.resent, self.lost_counted = set(), set(), set(), set()
+        self.died: dict[str, int] = {}           # id -> calls of killed processes that died unanswered
+        self.prompt_tokens: dict[str, int] = {}  # id -> prompt tokens of its answer in this session
+        self.late_usage = {"prompt_tokens": 0, "completion_tokens": 0}  # hedge losers that answered in this session
         self.keys: dict[str, str] = {}
         self.ready: deque[LLMResult] = deque()
         self.waiting: dict[str, list] = {}       # request key -> [leader in flight, identical requests waiting on it]
@@ -787,6 +916,7 @@ class LLMSession:
         if req.id in self.ids: raise ValueError(f"duplicate request id in one run: {req.id}")
         self.ids.add(req.id)
         key = self.keys[req.id] = request_key(self.client.backend, req)
+        self._spend_lost(req.id)
         k, old = self.previous.get(req.id, (None, None))
         if old is not None:
             self.claimed.add(req.id); self._spend_earlier(req.id)
@@ -813,22 +943,50 @@ class LLMSession:
         "Count the spend of `rid`'s superseded journal lines: calls made by processes before the last one."
         for e in self.earlier.get(rid, ()): self.client._spend(e, retried=True)
 
+    def _spend_lost(self, rid):
+        "Count the calls of killed processes for `rid` that no journal line holds: from the call log, once."
+        c = self.calls_before.get(rid)
+        if c is None or rid in self.lost_counted: return
+        self.lost_counted.add(rid)
+        lines = [r for _, r in self.history.get(rid, ())]
+        okl = [r for r in lines if r.ok and r.attempts > 0]
+        lost = {"calls": max(0, c["sends"] - sum(r.attempts for r in lines)), "answered": max(0, c["answers"] - len(okl)),
+                **{k: max(0, c[k] - sum(r.usage.get(k, 0) for r in okl)) for k in ("prompt_tokens", "completion_tokens")}}
+        lost["est_cost_usd"] = self.client.cost(lost)
+        died = max(0, c["sends"] - c["outcomes"])
+        if died: self.died[rid] = died
+        for st in (self.client.stats, self.client.last_stats):
+            st["backend_calls"] += lost["calls"]; _add(st, {k: lost[k] for k in ("prompt_tokens", "completion_tokens")})
+            st["est_cost_usd"] = round(st["est_cost_usd"] + lost["est_cost_usd"], 8)
+            L = st.setdefault("lost_calls", _new_lost())
+            _add(L, {k: v for k, v in lost.items() if k != "est_cost_usd"}); L["died"] += died
+            L["est_cost_usd"] = round(L["est_cost_usd"] + lost["est_cost_usd"], 8)
+
+    def _log_call(self, req, event: str, usage: dict|None = None, reason: str|None = None):
+        "Write one call event to the call log (`send` before a call goes out; `answer`, `error` or `late` after)."
+        line = {"id": req.id, "event": event, **({"request_key": self.keys.get(req.id)} if event == "send" else {}),
+                **({"usage": {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens")}} if usage else {}),
+                **({"reason": reason} if reason else {})}
+        with self._sent_lock:
+            if event == "late" and usage: _add(self.late_usage, line["usage"])
+            if self.sent_log: self.sent_log.append(line)
+
     def _work(self):
+        _CALLS.log = self._log_call             # this thread's calls go to this session's call log
         while not self._stop.is_set():
             r = self._todo.get()
             if r is None or self._stop.is_set(): return
-            self._sent(r)
             retries = Counter()
             try: out = self.client.call_with_retries(r, self._stop, retries)
             except BaseException as e: out = (None, BackendError(f"error_{type(e).__name__}", _one_line(str(e))), 1)
+            if out[1] is not None and out[1].code in ("http_401", "http_403"): self._stop.set()  # no more calls: see `_outcome`
             self._done.put((r, *out, dict(retries)))
 
-    def _sent(self, req):
-        "Note that `req` goes to the backend now (from a worker thread, or before a batch is generated)."
-        with self._sent_lock:
-            if self.sent_log: self.sent_log.append({"id": req.id, "request_key": self.keys[req.id]})
-
     def _outcome(self, req, comp, err, attempts, retries):
+        if err is not None and err.code in ("http_401", "http_403"):   # not journaled: a resume with the right key sends it
+            raise AuthenticationFailed(auth_message(self.client.backend, err))
+        if self.batched: self._log_call(req, "answer" if comp else "error", comp.usage if comp else None, err.code if err else None)
+        if comp is not None and comp.usage.get("prompt_tokens"): self.prompt_tokens[req.id] = comp.usage["prompt_tokens"]
         self.in_flight -= 1
         self.latencies.append(time.monotonic() - self.started.pop(req.id))
         res = self.client._result(req, comp, err, attempts, retries=retries, resent=req.id in self.resent)
@@ -859,7 +1017,7 @@ class LLMSession:
             if self.in_flight == 0: return None
             if self.batched:
                 todo, self._pending = self._pending, []
-                for r in todo: self._sent(r)
+                for r in todo: self._log_call(r, "send")
                 for out in self.client._backend_outcomes(todo): self._outcome(*out, {})
                 continue
             try: self._outcome(*self._done.get(timeout=timeout))
@@ -885,11 +1043,51 @@ class LLMSession:
         if self.count_journal:
             for i, (_, old) in self.previous.items():
                 if i not in self.claimed: self.client._count(old, resumed=True); self.client._spend(old); self._spend_earlier(i)
+            for i in self.calls_before: self._spend_lost(i)
+        self._close_accounts()
         if hasattr(self.client.backend, "endpoint_stats"): self.client.stats["endpoints"] = self.client.backend.endpoint_stats()
         self.pbar.close()
         if self.writer: self.sync(force=True); os.close(self._sync_fd); self._sync_fd = None; self.writer.close()
         with self._sent_lock:
             if self.sent_log: self.sent_log.close(); self.sent_log = None
+
+def _read_call_log(path) -> dict:
+    "Per request id of a call log: calls sent, outcomes seen, answers and their tokens (a line without `event` is a send)."
+    out = {}
+    for d in read_jsonl(path, skip_torn_tail=True):
+        c = out.setdefault(str(d.get("id")), {"sends": 0, "outcomes": 0, "answers": 0, "prompt_tokens": 0, "completion_tokens": 0})
+        ev = d.get("event", "send")
+        if ev == "send": c["sends"] += 1; continue
+        c["outcomes"] += 1
+        if isinstance(d.get("usage"), dict):
+            c["answers"] += 1; _add(c, {k: int(d["usage"].get(k, 0)) for k in ("prompt_tokens", "completion_tokens")})
+    return out
+
+def auth_message(backend, err: BackendError) -> str:
+    "One line for a 401/403: which variable's key was refused (or that none was sent), never the key."
+    var = getattr(backend, "api_key_env", None)
+    what = "HTTP " + err.code.removeprefix("http_")
+    if var: return f"the server refused the API key in ${var} ({what}): export {var} with a valid key and resume"
+    return (f"the server wants an API key ({what}) and none was sent: set the stage's *_api_key_env parameter "
+            f"to the name of the environment variable that holds it")
+
+@patch
+def _close_accounts(self: LLMSession):
+    "Fold this session's late hedge answers and the estimated prompt tokens of died calls into the stats."
+    late = dict(self.late_usage)
+    est = unknown = 0
+    for rid, n in self.died.items():
+        c = self.calls_before.get(rid, {})
+        known = self.prompt_tokens.get(rid) or next((r.usage.get("prompt_tokens") for _, r in self.history.get(rid, ())
+                                                      if r.usage.get("prompt_tokens")), None)
+        if not known and c.get("answers"): known = c["prompt_tokens"] // c["answers"]
+        if known: est += n * known
+        else: unknown += n
+    for st in (self.client.stats, self.client.last_stats):
+        _add(st, late); st["est_cost_usd"] = round(st["est_cost_usd"] + self.client.cost(late), 8)
+        L = st.setdefault("lost_calls", _new_lost())
+        L["died_prompt_tokens_est"] += est; L["died_prompt_tokens_unknown_calls"] += unknown
+    self.died.clear(); self.late_usage = {"prompt_tokens": 0, "completion_tokens": 0}
 
 @patch
 def session(self: LLMClient, journal=None, desc: str = "llm", progress: bool = True, total: int|None = None,

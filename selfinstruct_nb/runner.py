@@ -18,11 +18,11 @@ from .core import project_relative, project_root, resolve, stable_hash, sha256_f
 __all__ = ['KERNEL', 'SECRET_WORDS', 'REDACTED', 'KEY_PACKAGES', 'MODEL_ROLES', 'ConfigError', 'StageFailed', 'Param',
            'parse_parameters_cell', 'Stage', 'read_stage', 'list_stages', 'parse_value', 'Profile', 'read_profiles',
            'is_secret_name', 'redact_params', 'secret_values', 'scrub', 'scrub_file', 'StagePlan', 'check_value',
-           'parse_stages', 'plan_run', 'set_run_dir', 'new_run_dir', 'latest_run_dir', 'done_marker', 'is_done',
-           'package_versions', 'git_info', 'platform_info', 'data_files', 'kernel_info', 'check_data',
-           'check_named_model', 'check_model', 'check_gguf_model', 'model_params', 'check_plans',
-           'stage_kernel_manager', 'metrics_summary', 'run_profile', 'describe_stage', 'describe', 'build_parser',
-           'main']
+           'parse_stages', 'plan_run', 'check_paper_scale', 'set_run_dir', 'new_run_dir', 'latest_run_dir',
+           'done_marker', 'is_done', 'package_versions', 'git_info', 'platform_info', 'data_files', 'kernel_info',
+           'check_data', 'check_named_model', 'check_model', 'check_gguf_model', 'model_params', 'check_plans',
+           'stage_kernel_manager', 'metrics_summary', 'all_requests_failed', 'run_profile', 'describe_stage',
+           'describe', 'build_parser', 'main']
 
 # %% ../nbs/04_runner.ipynb #6d79d603
 KERNEL = "selfinstruct-nb"  # the Jupyter kernel the README's install commands register
@@ -270,14 +270,17 @@ def plan_run(profile: str,                  # a section of settings.ini
         k, eq, raw = item.partition("=")
         if not eq or not k.strip(): raise ConfigError(f"-p {item}: expected key=value")
         entries.append((2, k.strip(), raw, f"-p {k.strip()}"))
-    selected = names
+    selected, paper_scale = names, (False, "")
     for level, k, raw, where in entries:
         if k == "stages": selected = parse_stages(parse_value(raw), names, where)
+        if k == "paper_scale":
+            if not isinstance(v := parse_value(raw), bool): raise ConfigError(f"{where}: expected True or False, got {raw!r}")
+            paper_scale = (v, where)
     if only: selected = parse_stages([x for o in only for x in o.split(",")], names, "--only")
     if not selected: raise ConfigError(f"profile '{profile}' selects no stages (stages = none in {settings_name}); name some with --only STAGE")
     values = {n: {} for n in names}  # stage -> key -> (rank, value, where)
     for level, k, raw, where in entries:
-        if k == "stages": continue
+        if k in ("stages", "paper_scale"): continue
         stage, _, key = k.rpartition(".")
         if key == "run_dir": raise ConfigError(f"{where}: run_dir is set by the runner (outputs/<profile>-<time>/); use --resume RUN_DIR to continue a run")
         if stage and stage not in by_name: raise ConfigError(f"{where}: unknown stage '{stage}'{_suggest(stage, names)}")
@@ -305,7 +308,20 @@ def plan_run(profile: str,                  # a section of settings.ini
         origins = {k: w for k, (_, _v, w) in set_.items()} | {"run_dir": "runner"}
         origins.setdefault("seed", "runner")
         plans.append(StagePlan(s, injected, params, origins))
+    if paper_scale[0]: check_paper_scale(plans, profile, paper_scale[1])
     return plans
+
+def check_paper_scale(plans: list[StagePlan], profile: str, where: str) -> None:
+    "A paper-scale profile's plans: a one-line `ConfigError` naming every model parameter left at the random `tiny` model."
+    bad: dict[str, list[str]] = {}
+    for p in plans:
+        for m, backend, _ in model_params(p.params):
+            if backend == "transformers" and p.params[m] == "tiny": bad.setdefault(m, []).append(p.stage.name)
+    if not bad: return
+    names = "; ".join(f"{m} ({', '.join(st)})" for m, st in bad.items())
+    raise ConfigError(f"profile '{profile}' is paper-scale ({where}) but these models are the random-weight 'tiny' model: "
+                      f"{names}: set them with -p or in the profile (a server teacher also needs *_backend=openai, "
+                      f"*_base_url, *_api_key_env), or -p paper_scale=False to run anyway")
 
 def set_run_dir(plans: list[StagePlan], run_dir: str) -> list[StagePlan]:
     "Point every plan at `run_dir`."
@@ -491,8 +507,17 @@ def check_plans(plans: Sequence[StagePlan], environ=None) -> None:
             else: raise ConfigError(f"{where}: unknown backend {backend!r}: expected 'transformers', 'openai' or 'llamacpp'")
 
 # %% ../nbs/04_runner.ipynb #ea7620c2
+def _die_with_parent():
+    "A `preexec_fn` (Linux) that makes the child receive SIGKILL when this process dies, however it dies."
+    import ctypes, signal
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()   # looked up before the fork
+    def preexec():
+        prctl(1, signal.SIGKILL)                                  # PR_SET_PDEATHSIG
+        if os.getppid() != parent: os.kill(os.getpid(), signal.SIGKILL)   # the parent died before prctl
+    return preexec
+
 def stage_kernel_manager():
-    "An `AsyncKernelManager` class for stage kernels: IPC transport where the OS has it, no SIGINT on shutdown."
+    "An `AsyncKernelManager` class for stage kernels: IPC transport where the OS has it, no SIGINT on shutdown, dies with the runner."
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
     class StageKernelManager(AsyncKernelManager):
@@ -510,6 +535,9 @@ def stage_kernel_manager():
             from jupyter_core.paths import jupyter_runtime_dir
             Path(jupyter_runtime_dir()).mkdir(parents=True, exist_ok=True)
             return os.path.join(jupyter_runtime_dir(), f"kernel-{os.getpid()}-{uuid.uuid4().hex[:12]}-ipc")
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if sys.platform.startswith("linux"): kw.setdefault("preexec_fn", _die_with_parent())
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
         async def _async_interrupt_kernel(self):
             if not self._shutting_down: await super()._async_interrupt_kernel()
         async def shutdown_kernel(self, now: bool = False, restart: bool = False):
@@ -522,6 +550,22 @@ def metrics_summary(metrics: dict, limit: int = 8, params: Sequence[str] = ()) -
     "A stage's one-line funnel: its first `limit` top-level numbers from `metrics.json` that are not echoed `params`."
     items = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in params][:limit]
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in items)
+
+def all_requests_failed(metrics) -> str|None:
+    "If LLM stats in a stage's `metrics.json` (dicts with `requests`, `ok`, `failed_reasons`) say every request failed: why, by count."
+    found = []
+    def walk(o):
+        if not isinstance(o, dict): return
+        if isinstance(o.get("requests"), int) and isinstance(o.get("failed_reasons"), dict) and isinstance(o.get("ok"), int):
+            if o["requests"] > 0 and o["ok"] == 0: found.append(o)
+            return
+        for v in o.values(): walk(v)
+    walk(metrics)
+    if not found: return None
+    from collections import Counter
+    n, reasons = sum(o["requests"] for o in found), Counter()
+    for o in found: reasons.update(o["failed_reasons"])
+    return f"all {n} requests failed ({', '.join(f'{k} {v}' for k, v in reasons.most_common())})"
 
 # %% ../nbs/04_runner.ipynb #e7ce1327
 def _now() -> str: return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -663,11 +707,17 @@ def run_profile(profile: str,                       # a section of settings.ini
                 msg = f"stage {name}: {_rel(metrics_path)} is not valid JSON ({e})"
                 rec.update(status="failed", error=msg); man.save(status="failed")
                 raise StageFailed(msg) from None
+            if (why := all_requests_failed(rec["metrics"])):
+                msg = f"stage {name}: {why} -- {_rel(metrics_path)}"
+                rec.update(status="failed", error=msg); man.save(status="failed")
+                raise StageFailed(msg)
             rec["status"] = "ok"
             write_json(done_marker(run_dir, name), {"params_hash": plan.params_hash, "finished_at": _now(), "seconds": rec["seconds"]})
             man.save()
             funnel = metrics_summary(rec["metrics"], params=plan.params) if isinstance(rec["metrics"], dict) else ""
-            say(f"{tag}: ok in {rec['seconds']:.1f} s -> {_rel(run_dir/name)}/" + (f"  ({funnel})" if funnel else ""))
+            warns = rec["metrics"].get("warnings") if isinstance(rec["metrics"], dict) else None
+            say(f"{tag}: ok in {rec['seconds']:.1f} s -> {_rel(run_dir/name)}/" + (f"  ({funnel})" if funnel else "")
+                + "".join(f"; warning: {w}" for w in warns or []))
     except KeyboardInterrupt:
         for rec in man.data["stages"].values():
             if rec.get("status") == "running": rec["status"] = "interrupted"

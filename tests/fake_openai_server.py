@@ -91,6 +91,8 @@ class FakeOpenAIServer:
                  batch_expire_after: float = 0.5, # fraction of a batch's lines answered before it expires
                  batch_line_fault: Callable[[dict], str|None]|None = None,  # batch line body -> an HTTP status such as
                                                                            # "400" or "500" for that line, or None
+                 batch_drop: Callable[[str, str], bool]|None = None,  # (method, path) of a /v1/files or /v1/batches
+                                                   # call -> True: do the work, then close the connection unanswered
                  host: str = "127.0.0.1", port: int = 0):
         self.latency, self.seed, self.timeout_sleep, self.retry_after = latency, seed, timeout_sleep, retry_after
         self.tail_rate, self.tail_latency, self.jitter, self.capacity = tail_rate, tail_latency, jitter, capacity
@@ -104,7 +106,7 @@ class FakeOpenAIServer:
         if batch_outcome not in ("completed", "expired", "failed"):
             raise ValueError(f"batch_outcome must be 'completed', 'expired' or 'failed', got {batch_outcome!r}")
         self.batch_validating, self.batch_in_progress, self.batch_outcome = batch_validating, batch_in_progress, batch_outcome
-        self.batch_expire_after, self.batch_line_fault = batch_expire_after, batch_line_fault
+        self.batch_expire_after, self.batch_line_fault, self.batch_drop = batch_expire_after, batch_line_fault, batch_drop
         self._batch_release = threading.Event()
         if not batch_hold: self._batch_release.set()
         self.files: dict[str, dict] = {}      # file id -> {"meta": FileObject dict, "data": bytes}
@@ -113,6 +115,7 @@ class FakeOpenAIServer:
         self._attempts: Counter = Counter()   # body hash -> times seen
         self.counters: Counter = Counter()    # outcome -> requests
         self.paths: Counter = Counter()       # POST path -> requests (e.g. "/v1/completions"), whatever the outcome
+        self.answers: list = []               # (time.monotonic() when written, usage) of every completion answered 200
         self.httpd = _Server((host, port), self._handler_class())
         self._thread: threading.Thread|None = None
 
@@ -321,8 +324,14 @@ class FakeOpenAIServer:
             def _batch_api(self, method, body=b""):
                 if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     return self._error(401, "invalid_api_key", "Incorrect API key provided.")
-                status, obj = server.batch_api(method, self.path.split("?")[0].rstrip("/"), body,
-                                               self.headers.get("Content-Type", ""))
+                path = self.path.split("?")[0].rstrip("/")
+                status, obj = server.batch_api(method, path, body, self.headers.get("Content-Type", ""))
+                if server.batch_drop is not None and server.batch_drop(method, path):   # done, and the answer is lost
+                    server._bcount("dropped_answers")
+                    self.close_connection = True
+                    try: self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError: pass
+                    return
                 if isinstance(obj, bytes):
                     try:
                         self.send_response(status); self.send_header("Content-Type", "application/octet-stream")
@@ -381,8 +390,39 @@ class FakeOpenAIServer:
                     bad = (json.dumps(full)[:25].encode() if int(hashlib.sha256(body).hexdigest(), 16) % 2
                            else json.dumps({k: v for k, v in full.items() if k != "choices"}).encode())
                     return self._send(200, raw=bad)
-                self._send(200, server.completion_body(path, req))
+                body = server.completion_body(path, req)
+                self._send(200, body)
+                with server._lock: server.answers.append((time.monotonic(), body["usage"]))
         return Handler
+
+
+class BlackHoleServer:
+    "A loopback server that accepts connections, reads what is sent and never answers (a hung replica)."
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port)); self.sock.listen(512); self.sock.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.connections, self._conns, self._stop = 0, [], threading.Event()
+        self._thread: threading.Thread|None = None
+    def _serve(self):
+        while not self._stop.is_set():
+            try: c, _ = self.sock.accept()
+            except (socket.timeout, OSError): continue
+            c.setblocking(False)
+            self._conns.append(c); self.connections += 1
+            for x in self._conns:                       # drain what clients send, so they are never blocked writing
+                try: x.recv(65536)
+                except OSError: pass
+    def start(self) -> "BlackHoleServer":
+        self._thread = threading.Thread(target=self._serve, daemon=True); self._thread.start(); return self
+    def stop(self):
+        self._stop.set()
+        if self._thread: self._thread.join(5)
+        for c in self._conns: c.close()
+        self.sock.close()
+    def __enter__(self): return self.start()
+    def __exit__(self, *a): self.stop()
 
 
 def main(argv=None):

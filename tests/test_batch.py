@@ -137,3 +137,30 @@ def test_stage_41_judge_through_the_batch_api(tmp_path):
     assert m["totals"] == {"student": 2.0 * sum(cand_score(q) for q in scored), "gpt35": 2.0 * REF_SCORE * len(scored)}
     assert m["llm_stats"]["backend_calls"] == 2 * n
     assert len(load_batch_state(batch_state_path(run_dir/"41_judge/journal_reviews.jsonl"))) == 1
+
+
+@pytest.mark.parametrize("step", ["upload", "create", "retrieve", "content", "all"])
+def test_a_lost_answer_at_any_step_never_bills_a_line_twice(tmp_path, step):
+    """The server does the work and the connection drops before its answer (issue 17: a lost answer to
+    `batches.create` made a second batch from the same file and billed its lines twice). Each step's first answer is
+    lost (or every step's, `all`); the run still gets every result, from one batch per endpoint, each line billed once."""
+    routes = {"upload": ("POST", lambda p: p == "/v1/files"), "create": ("POST", lambda p: p == "/v1/batches"),
+              "retrieve": ("GET", lambda p: p.startswith("/v1/batches/")),
+              "content": ("GET", lambda p: p.startswith("/v1/files/") and p.endswith("/content"))}
+    dropped = set()
+    def drop(method, path):
+        for name, (m, match) in routes.items():
+            if (step in (name, "all")) and m == method and match(path) and name not in dropped:
+                dropped.add(name); return True
+        return False
+    reqs = [LLMRequest(f"r{i}", prompt=f"Task {i}:", params={"max_tokens": 5}) for i in range(20)]
+    with FakeOpenAIServer(batch_drop=drop) as srv:
+        client = LLMClient(make_backend("openai", "fake", base_url=srv.url, api_key_env=""), cache=None,
+                           backoff_base=0.01, backoff_max=0.02)
+        res = BatchClient(client, poll_interval=0.05).run(reqs, journal=tmp_path/"j.jsonl", progress=False)
+        counters = dict(srv.batch_counters)
+    assert dropped == (set(routes) if step == "all" else {step})     # the fault happened
+    assert counters["dropped_answers"] == len(dropped)
+    assert all(r.ok for r in res) and client.stats["ok"] == 20
+    assert counters["batches_created"] == 1 and counters["batch_lines"] == 20   # one batch, each line billed once
+    assert counters["files_created"] == 1 + (step in ("upload", "all"))          # a lost upload leaves an unused file

@@ -96,7 +96,7 @@ def test_model_path_that_does_not_exist(root):
 
 def test_resume_dry_run_without_an_earlier_run(root):
     before = snapshot(root/"outputs")
-    r = cli(root, "run", "full", "--resume", "--dry-run")
+    r = cli(root, "run", "full", "--resume", "--dry-run", "-p", "paper_scale=False")   # (else: set its models first)
     one_error_line(r, "--resume: no earlier run outputs/full-* to continue")
     no_new_folder(root, before)
 

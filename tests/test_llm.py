@@ -9,7 +9,7 @@ import pytest
 
 from fake_openai_server import FakeOpenAIServer, echo_responder
 from selfinstruct_nb.core import project_root, read_jsonl
-from selfinstruct_nb.llm import (LLMClient, LLMRequest, MissingAPIKeyError, ResponseCache, backoff_delay,
+from selfinstruct_nb.llm import (AuthenticationFailed, LLMClient, LLMRequest, MissingAPIKeyError, ResponseCache, backoff_delay,
                                  load_journal, make_backend)
 
 REASONS = {"http_429", "http_500", "timeout", "connection", "malformed"}
@@ -109,6 +109,7 @@ def test_sigkilled_run_resumes_without_loss_or_duplicates(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         stats = json.loads(done.stdout.strip().splitlines()[-1])
         answered_after = seen[answered_before:]
+        server_calls = srv.requests                            # every call the server saw, both processes
 
         srv.reset_counters()   # same fault dice for the uninterrupted run
         ref = subprocess.run(_worker(srv.url, clean, n), env=env, capture_output=True, text=True, timeout=300)
@@ -133,9 +134,15 @@ def test_sigkilled_run_resumes_without_loss_or_duplicates(tmp_path):
     resent = {i for i, r in mine.items() if r["resent"]}
     # in flight = sent before the kill (the `.sent` log) but not journaled: on the wire, or answered and still queued
     assert 1 <= stats["resent"] == len(resent) and resent == sent_at_kill - set(journaled)
+    # every call the server saw is counted; the only calls counted beyond them died with the process (written ahead,
+    # maybe killed before they left)
+    lost = stats["lost_calls"]
+    assert 0 <= stats["backend_calls"] - server_calls <= lost["died"] and lost["died"] <= len(resent)
+    assert lost["calls"] >= len(resent) and lost["died_completion_tokens"] is None
     def without(st, rows):
-        left = {k: st[k] - sum(r["usage"].get(k, 0) for r in rows) for k in ("prompt_tokens", "completion_tokens")}
-        left["backend_calls"] = st["backend_calls"] - sum(r["attempts"] for r in rows)
+        lost = st["lost_calls"]    # the killed process's calls that no journal line holds: not in the reference
+        left = {k: st[k] - lost[k] - sum(r["usage"].get(k, 0) for r in rows) for k in ("prompt_tokens", "completion_tokens")}
+        left["backend_calls"] = st["backend_calls"] - lost["calls"] - sum(r["attempts"] for r in rows)
         retries = Counter(st["retries_by_reason"])
         for r in rows: retries.subtract(r["retries"])
         return {**left, "retries": +retries}
@@ -213,12 +220,16 @@ def test_api_key_never_written_anywhere(tmp_path, monkeypatch, caplog, capsys):
         backend = make_backend("openai", "fake", base_url=srv.url)          # api_key_env defaults to OPENAI_API_KEY
         client = LLMClient(backend, cache=tmp_path/"cache.sqlite", max_retries=1, backoff_base=0.01)
         results = client.run(_reqs(100), journal=tmp_path/"journal.jsonl")
-        bad = LLMClient(make_backend("openai", "fake", base_url=wrong.url), cache=tmp_path/"cache.sqlite")
-        results += bad.run([LLMRequest(f"w{i}", prompt=f"wrong key {i}") for i in range(3)], journal=tmp_path/"journal.jsonl")
+        bad = LLMClient(make_backend("openai", "fake", base_url=wrong.url), cache=tmp_path/"cache.sqlite", concurrency=1)
+        with pytest.raises(AuthenticationFailed) as refused:      # a refused key stops the run at its first answer
+            bad.run([LLMRequest(f"w{i}", prompt=f"wrong key {i}") for i in range(3)], journal=tmp_path/"journal.jsonl")
         assert srv.snapshot().get("ok", 0) > 0 and "401" not in srv.snapshot()   # the right key was sent
+        assert wrong.snapshot() == {"401": 1}                                      # one call, not one per request
+    msg = str(refused.value)
+    assert "$OPENAI_API_KEY" in msg and "HTTP 401" in msg and "\n" not in msg and SECRET not in msg
+    assert not any(r.id.startswith("w") for _, r in load_journal(tmp_path/"journal.jsonl").values())  # a resume sends them
     failed = [r for r in results if not r.ok]
     assert failed and any("[redacted]" in r.error for r in failed)                # the servers did leak it; we scrubbed
-    assert [r.reason for r in results[-3:]] == ["http_401"] * 3
     out = capsys.readouterr()
     assert caplog.records, "logging was not captured"
     texts = {"results": json.dumps([asdict(r) for r in results]), "logs": caplog.text, "stdout": out.out,
@@ -273,11 +284,25 @@ def test_transient_fault_once_then_ok(fault):
     assert res.ok and res.attempts == 2 and served == {fault: 1, "ok": 1}
 
 
-@pytest.mark.parametrize("status", ["400", "401", "404"])
+@pytest.mark.parametrize("status", ["400", "404"])
 def test_client_errors_are_not_retried(status):
     res, served, st, _ = _one(lambda req, a: status)
     assert (res.status, res.reason, res.attempts) == ("failed", f"http_{status}", 1) and served == {status: 1}
     assert st["failed_reasons"] == {f"http_{status}": 1}
+
+
+@pytest.mark.parametrize("status", ["401", "403"])
+def test_refused_key_stops_the_run_naming_the_variable(status, monkeypatch):
+    "A 401/403 is not retried, nor followed by more requests: the run stops with one line naming the key's variable."
+    monkeypatch.setenv("SELFINSTRUCT_TEST_KEY", "sk-test-value-1234")
+    with FakeOpenAIServer(fault_plan=lambda req, a: status) as srv:
+        client = LLMClient(make_backend("openai", "fake", base_url=srv.url, api_key_env="SELFINSTRUCT_TEST_KEY"),
+                           cache=None, concurrency=1)
+        with pytest.raises(AuthenticationFailed) as e:
+            client.run([LLMRequest(f"x{i}", prompt=f"hello {i}") for i in range(20)], progress=False)
+        assert srv.snapshot() == {status: 1}
+    msg = str(e.value)
+    assert f"HTTP {status}" in msg and "$SELFINSTRUCT_TEST_KEY" in msg and "\n" not in msg and "sk-test" not in msg
 
 
 @pytest.mark.parametrize("fault,reason", [("500", "http_500"), ("malformed", "malformed"), ("429", "http_429")])
@@ -433,9 +458,12 @@ def test_two_kills_keep_every_journal_line_in_the_totals(tmp_path):
             proc.send_signal(signal.SIGKILL); proc.wait()
         third = subprocess.run(_worker(srv.url, d, n), env=env, capture_output=True, text=True, timeout=120)
         assert third.returncode == 0, third.stderr[-2000:]
+        server_calls = srv.requests
     stats = json.loads(third.stdout.strip().splitlines()[-1])
     r3 = [(r.status, r.attempts, r.retries) for _, r in load_journal(journal, all_lines=True)["r3"]]
     assert r3 == [("failed", 7, {"http_500": 6}), ("ok", 1, {})]
-    assert stats["backend_calls"] == sum(l["attempts"] for l in lines())  # every line's calls, r3's 7 + 1 included
+    # every line's calls, r3's 7 + 1 included, and the calls of the two killed processes that no line holds
+    assert stats["backend_calls"] == sum(l["attempts"] for l in lines()) + stats["lost_calls"]["calls"]
+    assert 0 <= stats["backend_calls"] - server_calls <= stats["lost_calls"]["died"]   # what the server saw
     assert stats["retries_by_reason"] == {"http_500": 7}             # 6 in run 1, and its final failure, retried in run 2
     assert stats["requests"] == n and stats["ok"] == n
