@@ -1,4 +1,4 @@
-"""Self-Instruct §3 (Table 1, Figures 2-4): the statistics table, the verb-noun sunburst, the ROUGE-L-to-seed
+"""Self-Instruct (Wang et al., arXiv:2212.10560v2) §3.1-3.2 (Table 1, Figures 3-5): the statistics table, the verb-noun sunburst, the ROUGE-L-to-seed
 histogram and the length histograms, for the seed tasks, the 252 user-oriented instructions or a generated set.
 
 Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/analysis.html.md"""

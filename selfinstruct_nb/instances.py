@@ -1,4 +1,4 @@
-"""Self-Instruct's third stage (§2.2 "Instance Generation"): for each new instruction the model writes
+"""Self-Instruct's third stage (Wang et al., arXiv:2212.10560v2, §2.2 "Instance Generation"): for each new instruction the model writes
 input/output instances, input-first for generation tasks and output-first for classification tasks.
 
 Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/instances.html.md"""

@@ -1,4 +1,5 @@
-"""The four prompt templates of Self-Instruct (Wang et al., 2022, Appendix A): instruction generation,
+"""The four prompt templates of Self-Instruct (Wang et al., arXiv:2212.10560v2, §2.2 and the
+appendix's prompt templates): instruction generation,
 classification-task identification, and instance generation input-first and output-first, with the sampling
 settings of the reference code.
 
