@@ -17,13 +17,14 @@ from .core import Task, read_jsonl, resolve, sha256_file, atomic_write, RecordEr
 
 # %% auto #0
 __all__ = ['REGISTRY', 'PREDICTION_MODELS', 'UNNATURAL_BUCKETS', 'UNNATURAL_CORE', 'UNNATURAL_CORE_TRIPLETS', 'UNNATURAL_GPT4',
-           'VICUNA_ANSWER_MODELS', 'BBH_TASKS', 'AGIEVAL_EN_TASKS', 'ALPACA_FILES', 'DataFile',
-           'registry_from_manifest', 'write_registry', 'read_registry', 'DataError', 'git_blob_sha1', 'data_sources',
-           'fetch', 'seed_tasks', 'user_oriented_tasks', 'load_seed_tasks', 'load_user_oriented', 'load_predictions',
-           'load_cmp_scores', 'load_unnatural_eval_results', 'read_unnatural_zip', 'load_unnatural_core',
-           'load_unnatural_gpt4', 'load_vicuna_questions', 'load_vicuna_answers', 'vicuna_review_files',
-           'load_vicuna_reviews', 'load_reviewer_prompts', 'load_judge_prompts', 'load_mt_bench_questions', 'load_bbh',
-           'bbh_cot_prompt', 'load_agieval', 'load_alpaca', 'present_files']
+           'VICUNA_ANSWER_MODELS', 'BBH_TASKS', 'AGIEVAL_EN_TASKS', 'ALPACA_FILES', 'WIZARDLM_TESTSET',
+           'AWESOME_PROMPTS', 'DataFile', 'registry_from_manifest', 'write_registry', 'read_registry', 'DataError',
+           'git_blob_sha1', 'data_sources', 'fetch', 'seed_tasks', 'user_oriented_tasks', 'load_seed_tasks',
+           'load_user_oriented', 'load_predictions', 'load_cmp_scores', 'load_unnatural_eval_results',
+           'read_unnatural_zip', 'load_unnatural_core', 'load_unnatural_gpt4', 'load_vicuna_questions',
+           'load_vicuna_answers', 'vicuna_review_files', 'load_vicuna_reviews', 'load_reviewer_prompts',
+           'load_judge_prompts', 'load_mt_bench_questions', 'load_bbh', 'bbh_cot_prompt', 'load_agieval', 'load_alpaca',
+           'present_files', 'load_wizardlm_testset', 'load_awesome_prompts']
 
 # %% ../nbs/01_data.ipynb #6becbbf8
 @dataclass(frozen=True)
@@ -42,12 +43,13 @@ class DataFile:
 
 _GAP_ROW = re.compile(r"\| (?P<repo>[\w.-]+/[\w.-]+) @(?P<commit>[0-9a-f]{8}) \| `(?P<path>[^`]+)`[^|]* \| `(?P<blob>[0-9a-f]{40})` \| `(?P<rel>[^`]+)` \| (?P<url>https://\S+) \|")
 
-def registry_from_manifest(manifest: str|os.PathLike) -> dict[str, DataFile]:
-    "Parse a mirror's `MANIFEST.md`: the `## Files` table (sha256 known) and the `## Gaps` rows with a git blob id."
-    rows, section = {}, None
-    for line in Path(manifest).read_text(encoding="utf-8").splitlines():
+def registry_from_manifest(*manifests: str|os.PathLike) -> dict[str, DataFile]:
+    "Parse a mirror's `MANIFEST.md` (and `PENDING.md`): the `## Files` tables (sha256 known), the `## Gaps` rows with a git blob id."
+    rows, section = {}, ""
+    lines = [(m, l) for m in manifests for l in ["## (next manifest)"] + Path(m).read_text(encoding="utf-8").splitlines()]
+    for manifest, line in lines:
         if line.startswith("## "): section = line.strip()
-        if section == "## Files" and line.startswith("| `"):
+        if section.startswith("## Files") and line.startswith("| `"):
             cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
             if len(cells) != 9: raise RecordError(manifest, None, "Files table", f"expected 9 columns, got {len(cells)}: {line[:60]}")
             rel, repo, rpath, commit, nbytes, sha, lic, recs, url = cells
@@ -315,3 +317,26 @@ def present_files(verify: bool = False) -> dict[str, str]:
                 if verify: _verify(p, e)
                 out[rel] = e.sha256; break
     return out
+
+# %% ../nbs/01_data.ipynb #12170f20
+WIZARDLM_TESTSET = "wizardlm/data/WizardLM_testset.jsonl"
+AWESOME_PROMPTS = "awesome-chatgpt-prompts/prompts.csv"
+
+def _wizardlm_record(d: dict) -> dict:
+    from selfinstruct_nb.core import FieldError
+    for k, t in (("idx", int), ("Skill", str), ("Difficulty", int), ("Instruction", str)):
+        if not isinstance(d.get(k), t) or isinstance(d.get(k), bool): raise FieldError(k, f"missing or not {t.__name__}")
+    return {k: d[k] for k in ("idx", "Skill", "Difficulty", "Instruction")}
+
+def load_wizardlm_testset() -> datasets.Dataset:
+    "WizardLM's 218 test instructions (`idx, Skill, Difficulty, Instruction`), as Orca judges them."
+    return _as_dataset(read_jsonl(fetch(WIZARDLM_TESTSET), validate=_wizardlm_record))
+
+def load_awesome_prompts() -> datasets.Dataset:
+    "awesome-chatgpt-prompts as of Orca v1 (`act, prompt`; 163 records under a header line)."
+    path = fetch(AWESOME_PROMPTS)
+    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline="")))
+    for i, r in enumerate(rows, 2):
+        if set(r) != {"act", "prompt"} or not (r["act"] or "").strip() or not (r["prompt"] or "").strip():
+            raise RecordError(path, i, None, f"expected non-empty act and prompt, got {sorted(r)}")
+    return _as_dataset([{"act": r["act"], "prompt": r["prompt"]} for r in rows])

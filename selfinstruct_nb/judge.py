@@ -19,12 +19,12 @@ from . import core, data
 from .prompts import messages_fields
 
 # %% auto #0
-__all__ = ['VICUNA_MODEL_LABELS', 'ORDERS', 'NEED_REF_CATEGORIES', 'reviewer_for', 'pair_messages', 'fastchat_parse_score',
-           'ParsedScores', 'parse_pair_scores', 'answer_index', 'released_reviews', 'parser_agreement',
-           'relative_score', 'verdict', 'released_totals', 'plot_pair_totals', 'pair_requests', 'review_record',
-           'judge_pairs', 'position_consistency', 'judge_summary', 'ParsedRating', 'parse_rating', 'single_messages',
-           'single_requests', 'grade_single', 'single_summary', 'load_answers', 'released_answers', 'answer_requests',
-           'answer_records']
+__all__ = ['VICUNA_MODEL_LABELS', 'ORDERS', 'NEED_REF_CATEGORIES', 'EVAL_SETS', 'WIZARDLM_CATEGORY', 'reviewer_for',
+           'pair_messages', 'fastchat_parse_score', 'ParsedScores', 'parse_pair_scores', 'answer_index',
+           'released_reviews', 'parser_agreement', 'relative_score', 'verdict', 'released_totals', 'plot_pair_totals',
+           'pair_requests', 'review_record', 'judge_pairs', 'position_consistency', 'judge_summary', 'ParsedRating',
+           'parse_rating', 'single_messages', 'single_requests', 'grade_single', 'single_summary', 'load_answers',
+           'released_answers', 'answer_requests', 'answer_records', 'eval_questions', 'set_table']
 
 # %% ../nbs/41_judge.ipynb #8d6501ab
 def reviewer_for(category: str,   # the question's category, e.g. "generic", "coding", "math"
@@ -388,3 +388,27 @@ def answer_records(results, model_id: str) -> tuple[list[dict], dict]:
     failed = [r for r in results if r.status != "ok"]
     return recs, {"requests": len(results), "ok": len(recs), "failed": len(failed),
                   "failed_reasons": dict(Counter(str(r.error)[:80] for r in failed))}
+
+# %% ../nbs/41_judge.ipynb #542687fb
+EVAL_SETS = ("vicuna80", "awesome164", "wizardlm218")
+WIZARDLM_CATEGORY = {"Code Generation": "coding", "Code Debug": "coding", "Math": "math"}
+
+def eval_questions(name: str) -> list[dict]:
+    "`{question_id, text, category, ...}` rows of one of Orca's judged sets (`EVAL_SETS`)."
+    if name == "vicuna80":
+        return [dict(q) for q in data.load_vicuna_questions()]
+    if name == "awesome164":
+        return [{"question_id": i, "text": r["prompt"], "category": "generic", "act": r["act"]}
+                for i, r in enumerate(data.load_awesome_prompts(), 1)]
+    if name == "wizardlm218":
+        return [{"question_id": r["idx"], "text": r["Instruction"], "category": WIZARDLM_CATEGORY.get(r["Skill"], "generic"),
+                 "skill": r["Skill"], "difficulty": r["Difficulty"]} for r in data.load_wizardlm_testset()]
+    raise ValueError(f"unknown evaluation set {name!r}; known: {', '.join(EVAL_SETS)}")
+
+def set_table(summary: dict,   # `judge_summary` of one set
+              candidate: str, reference: str, eval_set: str) -> pd.DataFrame:
+    "One judged set as Orca reports it: each model's total and its percentage of the reference's, with the parse rate."
+    t, n = summary["totals"], summary["requests"]
+    return pd.DataFrame([{"set": eval_set, "model": m, "reviews parsed": f'{summary["parsed"]}/{n}',
+                          "total": t[m], "% of reference": relative_score(t[m], t[reference]) if t[reference] is not None else None}
+                         for m in (reference, candidate)])

@@ -422,17 +422,20 @@ def trained_student(run_dir) -> dict:
     return {"path": str(resolve(m["student"])), "template": m.get("template", "chat")}
 
 # %% ../nbs/30_sft.ipynb #8b380cc7
-INSTRUCTION_SETS = ("user_oriented", "vicuna")
+INSTRUCTION_SETS = ("user_oriented", "vicuna", "awesome164", "wizardlm218")  # "vicuna80" is "vicuna"
 
 def instruction_set(name: str, limit: int|None = None) -> list[dict]:
-    "`{id, set, instruction, input}` for Self-Instruct's user-oriented instructions or the Vicuna-80 questions."
+    "`{id, set, instruction, input}` for Self-Instruct's user-oriented instructions or one of Orca's judged sets."
     from selfinstruct_nb import data
     if name == "user_oriented":
         rows = [{"id": t.id, "set": name, "instruction": t.instruction.strip(),
                  "input": t.instances[0].input if t.instances else ""} for t in data.user_oriented_tasks()]
-    elif name == "vicuna":
-        rows = [{"id": f"vicuna_{q['question_id']}", "set": name, "instruction": q["text"], "input": "",
-                 "question_id": q["question_id"], "category": q["category"]} for q in data.load_vicuna_questions()]
+    elif name in ("vicuna", "vicuna80", "awesome164", "wizardlm218"):
+        from selfinstruct_nb.judge import eval_questions
+        name = "vicuna" if name == "vicuna80" else name
+        rows = [{"id": f"{name}_{q['question_id']}", "set": name, "instruction": q["text"], "input": "",
+                 "question_id": q["question_id"], "category": q["category"]}
+                for q in eval_questions("vicuna80" if name == "vicuna" else name)]
     else: raise ValueError(f"unknown instruction set {name!r}; known: {INSTRUCTION_SETS}")
     return rows[:limit] if limit is not None else rows
 
@@ -460,15 +463,15 @@ def generation_requests(tasks: list[dict], # from `instruction_set`
 def answer_files(results: list, # `LLMResult`s of `generation_requests`
                  model: str, # the name written into each answer
                 ) -> dict[str, list[dict]]:
-    "Results split into `answers` (user-oriented), `vicuna_answers` (FastChat format) and `failed` records."
+    "Results split into `answers` (user-oriented), `vicuna_answers` (and `<set>_answers` for Orca's other sets, FastChat format), `failed`."
     out = {"answers": [], "vicuna_answers": [], "failed": []}
     for r in results:
         m = r.meta
         if r.status != "ok":
             out["failed"].append({"id": r.id, "set": m.get("set", ""), "error": r.error}); continue
         answer = (r.text or "").strip()
-        if m.get("set") == "vicuna":
-            out["vicuna_answers"].append({"question_id": m["question_id"], "answer_id": r.id, "model_id": model,
+        if m.get("set") in ("vicuna", "awesome164", "wizardlm218"):
+            out.setdefault(f'{m["set"]}_answers', []).append({"question_id": m["question_id"], "answer_id": r.id, "model_id": model,
                                           "text": answer, "finish_reason": r.finish_reason})
         else:
             out["answers"].append({"id": r.id, "instruction": m["instruction"], "input": m["input"], "answer": answer,

@@ -2,6 +2,7 @@
 loopback OpenAI-compatible server whose replies we choose, position-flip counting, and stage 41_judge end to end."""
 from __future__ import annotations
 import json, re, sys, uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,70 @@ def test_stage_41_judge_end_to_end(tmp_path):
     assert m["judge"]["params"] == {"seed": 0}
     reviews = core.read_jsonl(run_dir/"41_judge/reviews.jsonl")
     assert len(reviews) == 2 * n and sum(r["scores"] is None for r in reviews) == m["parse_failed"]
+
+
+# ---------------------------------------------------------------- Orca's other two sets, whole, through stage 41_judge
+def judge_or_answer(req: dict) -> str:
+    "The consistent judge for judge requests; a fixed reference answer (and the model asked) for answer requests."
+    if "Assistant 1" in _user(req): return consistent_judge(req)
+    return f"REFERENCE ANSWER from {req['model']}"
+
+
+def test_stage_41_judge_on_awesome164_and_wizardlm218(tmp_path):
+    "Both whole sets: the reference model answers through the judge's endpoint, every question judged in both orders."
+    pm = pytest.importorskip("papermill")
+    sets = {"awesome164": judge.eval_questions("awesome164"), "wizardlm218": judge.eval_questions("wizardlm218")}
+    for s, qs in sets.items():
+        core.write_jsonl(tmp_path/f"{s}.jsonl", [{"question_id": q["question_id"], "text": f"{CANDIDATE} {q['question_id']}"} for q in qs])
+    run_dir = tmp_path/"run"
+    with FakeOpenAIServer(responder=judge_or_answer) as srv:
+        pm.execute_notebook(str(ROOT/"nbs/pipeline/41_judge.ipynb"), str(tmp_path/"out.ipynb"), kernel_name="selfinstruct-nb",
+                            cwd=str(tmp_path), progress_bar=False,
+                            parameters=dict(run_dir=str(run_dir), judge_backend="openai", judge_model=f"fake-judge-{uuid.uuid4().hex[:8]}",
+                                            judge_base_url=srv.url, judge_api_key_env="", candidate_answers=str(tmp_path/"{set}.jsonl"),
+                                            limit=0, eval_sets=list(sets), reference_generator="fake-chatgpt", both_orders=True,
+                                            judge_max_tokens=0, concurrency=16))
+    m = json.loads((run_dir/"41_judge/metrics.json").read_text())
+    assert m["eval_sets"] == list(sets) and "totals" not in m      # no Vicuna-80 at the top level when it is not judged
+    for s, qs in sets.items():
+        ids = [q["question_id"] for q in qs]
+        scored = [q for q in ids if q % 4 != 0]
+        v = m["sets"][s]
+        assert (v["questions"], v["requests"], v["request_failed"], v["parsed"], v["parse_failed"]) == \
+               (len(ids), 2 * len(ids), 0, 2 * len(scored), 2 * (len(ids) - len(scored)))
+        assert v["totals"] == {"student": 2.0 * sum(cand_score(q) for q in scored), "fake-chatgpt": 2.0 * REF_SCORE * len(scored)}
+        assert v["relative_score"] == pytest.approx(100 * sum(cand_score(q) for q in scored) / (REF_SCORE * len(scored)))
+        assert v["reference_generated"]["ok"] == len(ids) and v["position"]["flips"] == 0
+        refs = core.read_jsonl(run_dir/f"41_judge/{s}/reference_answers.jsonl")
+        assert {r["text"] for r in refs} == {"REFERENCE ANSWER from fake-chatgpt"} and len(refs) == len(ids)
+        reviews = core.read_jsonl(run_dir/f"41_judge/{s}/reviews.jsonl")
+        assert Counter(r["order"] for r in reviews) == Counter({o: len(ids) for o in judge.ORDERS})
+    cats = Counter(r["category"] for r in core.read_jsonl(run_dir/"41_judge/wizardlm218/reviews.jsonl"))
+    assert cats == Counter({"generic": 2 * 171, "coding": 2 * 28, "math": 2 * 19})
+    assert sets["awesome164"] and len(sets["awesome164"]) == 163     # the file's 163 prompts (164 lines with its header)
+
+
+def test_stage_32_then_41_on_the_new_sets(tmp_path):
+    "32_generate answers awesome164 / wizardlm218 through a server; 41_judge finds those answers without being told where."
+    pm = pytest.importorskip("papermill")
+    run_dir, n = tmp_path/"run", 3
+    def student_or_judge(req):
+        if "Assistant 1" in _user(req): return consistent_judge(req)
+        qid = next(q["question_id"] for s in ("awesome164", "wizardlm218") for q in judge.eval_questions(s) if q["text"] in _user(req))
+        return f"{CANDIDATE} {qid}" if req["model"] == "fake-student" else "REFERENCE"
+    kw = dict(cwd=str(tmp_path), progress_bar=False, kernel_name="selfinstruct-nb")
+    with FakeOpenAIServer(responder=student_or_judge) as srv:
+        pm.execute_notebook(str(ROOT/"nbs/pipeline/32_generate.ipynb"), str(tmp_path/"g.ipynb"), **kw,
+                            parameters=dict(run_dir=str(run_dir), backend="openai", base_url=srv.url, served_model="fake-student",
+                                            template="chat", sets=["awesome164", "wizardlm218"], limit=n))
+        m32 = json.loads((run_dir/"32_generate/metrics.json").read_text())
+        assert (m32["awesome164_answers"], m32["wizardlm218_answers"], m32["answers"], m32["failed"]) == (n, n, 0, 0)
+        assert judge.load_answers(run_dir/"32_generate/wizardlm218_answers.jsonl") == {q: f"{CANDIDATE} {q}" for q in range(1, n + 1)}
+        pm.execute_notebook(str(ROOT/"nbs/pipeline/41_judge.ipynb"), str(tmp_path/"j.ipynb"), **kw,
+                            parameters=dict(run_dir=str(run_dir), judge_backend="openai", judge_model="fake-judge", judge_base_url=srv.url,
+                                            judge_api_key_env="", eval_sets=["awesome164", "wizardlm218"], limit=n,
+                                            reference_generator="fake-chatgpt", generate_missing_answers=False))
+    m = json.loads((run_dir/"41_judge/metrics.json").read_text())
+    for s in ("awesome164", "wizardlm218"):
+        assert m["sets"][s]["candidate_answers"].endswith(f"32_generate/{s}_answers.jsonl") and m["sets"][s]["generated_answers"] is None
+        assert m["sets"][s]["totals"] == {"student": 2.0 * sum(cand_score(q) for q in range(1, n + 1)), "fake-chatgpt": 2.0 * REF_SCORE * n}
