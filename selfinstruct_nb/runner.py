@@ -20,9 +20,9 @@ __all__ = ['KERNEL', 'SECRET_WORDS', 'REDACTED', 'KEY_PACKAGES', 'MODEL_ROLES', 
            'is_secret_name', 'redact_params', 'secret_values', 'scrub', 'scrub_file', 'StagePlan', 'check_value',
            'parse_stages', 'plan_run', 'check_paper_scale', 'set_run_dir', 'new_run_dir', 'latest_run_dir',
            'done_marker', 'is_done', 'package_versions', 'git_info', 'platform_info', 'data_files', 'kernel_info',
-           'check_data', 'check_named_model', 'check_model', 'check_gguf_model', 'model_params', 'check_plans',
-           'stage_kernel_manager', 'metrics_summary', 'all_requests_failed', 'run_profile', 'describe_stage',
-           'describe', 'build_parser', 'main']
+           'released_inputs', 'released_inputs_lines', 'check_data', 'check_named_model', 'check_model',
+           'check_gguf_model', 'model_params', 'check_plans', 'stage_kernel_manager', 'metrics_summary',
+           'all_requests_failed', 'run_profile', 'describe_stage', 'describe', 'build_parser', 'main']
 
 # %% ../nbs/04_runner.ipynb #6d79d603
 KERNEL = "selfinstruct-nb"  # the Jupyter kernel the README's install commands register
@@ -430,6 +430,37 @@ def kernel_info(name: str = KERNEL) -> dict:
     same = Path(python).absolute().parent == Path(sys.executable).absolute().parent
     return {"name": name, "python": python, "resource_dir": spec.resource_dir, "same_env_as_runner": same}
 
+# %% ../nbs/04_runner.ipynb #ea579d47
+def released_inputs(plans: Sequence[StagePlan]) -> list[dict]:
+    "Registered data files named by the plans' parameter values: `{relpath, stage, param, local, bytes, checksum, url}`."
+    reg, sources, out = _registry(), _data_sources(), []
+    for plan in plans:
+        for k, v in plan.params.items():
+            for rel in ([v] if isinstance(v, str) else v if isinstance(v, list) else []):
+                if not isinstance(rel, str) or rel not in reg: continue
+                e = reg[rel]
+                local = next((str(src/rel) for src in sources if (src/rel).is_file()), None)
+                out.append({"relpath": rel, "stage": plan.stage.name, "param": k, "local": local,
+                            "bytes": int(e["bytes"]) or None, "url": e["url"],
+                            "checksum": f"sha256 {e['sha256']}" if e["sha256"] else f"git blob {e['git_blob']}"})
+    return out
+
+def released_inputs_lines(files: list[dict]) -> list[str]:
+    "A dry run's lines about the released files: each file once, what a run will do with it, and the total to download."
+    seen, lines = {}, []
+    for f in files: seen.setdefault(f["relpath"], {**f, "used_by": []})["used_by"].append(f"{f['stage']}.{f['param']}")
+    todo = [f for f in seen.values() if not f["local"]]
+    for f in seen.values():
+        size = f"{f['bytes']:,} bytes" if f["bytes"] else "size not in the registry"
+        what = f"local copy {f['local']}" if f["local"] else f"will download {f['url']} ({size})"
+        lines.append(f"released file {f['relpath']} [{', '.join(f['used_by'])}]: {what}; checked by {f['checksum']}")
+    if seen:
+        known, unknown = sum(f["bytes"] or 0 for f in todo), sum(not f["bytes"] for f in todo)
+        size = (f"{known:,} bytes" if known else "") + (" + " if known and unknown else "") + \
+               (f"{unknown} of unrecorded size (pinned by git blob id only)" if unknown else "")
+        lines.append(f"released files: {len(seen)} named, {len(todo)} to download" + (f" ({size})" if todo else ""))
+    return lines
+
 # %% ../nbs/04_runner.ipynb #c8fe2ed5
 MODEL_ROLES = ("teacher", "assistant", "judge", "eval", "student", "reward")  # prefixes of role-named model parameters
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -646,6 +677,7 @@ def run_profile(profile: str,                       # a section of settings.ini
     check_plans(plans)
     if dry_run:
         for p in plans: say(f"{p.stage.name}: {json.dumps(redact_params(p.injected), ensure_ascii=False)}")
+        for line in released_inputs_lines(released_inputs(plans)): say(line)
         say(f"checks ok: kernel {kernel}, {data_info['present']} data files verified, models and API keys of {len(plans)} stage(s)"
             + (f", resume {_rel(run_dir)}" if resume else ""))
         return plans
