@@ -178,6 +178,7 @@ def answer_items(model_path: str, # a saved model folder (or "tiny")
                  limits: dict[str, int], # new-token limit of each item (`answer_limits`)
                  batch_size: int = 16, # requests per `generate` call
                  journal: str|os.PathLike|None = None, # resume file of the requests
+                 bf16: bool = False, # generate under bf16 autocast (see `cpu_bf16`)
                 ) -> list[dict]:
     "Greedy answers of one model in the Alpaca frame: `{id, model, answer, finish, answer_tokens, limit}` per item."
     from selfinstruct_nb.llm import LLMClient, TransformersBackend
@@ -185,7 +186,14 @@ def answer_items(model_path: str, # a saved model folder (or "tiny")
     for it in items:
         task = {"id": it.id, "set": "user_oriented", "instruction": it.instruction, "input": it.input}
         reqs += generation_requests([task], template="alpaca", params={"temperature": 0.0, "max_tokens": limits[it.id], "stop": STOP})
-    client = LLMClient(TransformersBackend(model_path, device="cpu", batch_size=batch_size), cache=None)
+    backend = TransformersBackend(model_path, device="cpu", batch_size=batch_size)
+    backend.model.generation_config.cache_implementation = "dynamic"   # on a CPU faster than Gemma 3's default cache
+    if bf16:
+        plain = backend.call_batch
+        def call_batch(batch, timeout=None):
+            with torch.autocast("cpu", dtype=torch.bfloat16): return plain(batch, timeout=timeout)
+        backend.call_batch = call_batch
+    client = LLMClient(backend, cache=None)
     res = client.run(reqs, desc=f"answers {name}", journal=journal)
     failed = [r.id for r in res if not r.ok]
     if failed: raise RuntimeError(f"{name}: {len(failed)} answers failed, first {failed[0]}")
