@@ -1,6 +1,6 @@
 """The paper's experiment on a 2-core CPU: the same base LM fine-tuned on its own filtered Self-Instruct data and,
-as a control, on the 175 seed tasks only; the three models scored on the 252 user-oriented instructions by
-ROUGE-L against the gold outputs (per gold-length bucket) and by the mean log-likelihood of the gold outputs.
+as a control, on the 175 seed tasks only; the three models scored on the 252 user-oriented instructions by the
+log-likelihood of the gold outputs and by ROUGE-L of greedy answers, each difference with a bootstrap interval.
 
 Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/experiment.html.md"""
 
@@ -8,20 +8,24 @@ Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/experiment.html.md"""
 
 # %% ../nbs/44_experiment.ipynb #ddb5c527
 from __future__ import annotations
-import math, os, time
+import json, math, os, time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from .core import Task, resolve, write_jsonl
+from .core import Task, project_relative, read_jsonl, resolve, rng, write_json, write_jsonl
 from .eval_rouge import EvalItem, bucket_table, length_bucket, plot_bucket_table, score_answers, word_count, BUCKET_ORDER
 from .finetune_data import build_finetune_records
 from .sft import alpaca_prompt, generation_requests, train_stages
 
 # %% auto #0
-__all__ = ['ALPACA_FIELDS', 'STOP', 'training_file', 'train_fine_tunes', 'plot_fine_tune_losses', 'gold_loglik', 'answer_items',
-           'comparison_table', 'markdown_table', 'plot_comparison']
+__all__ = ['ALPACA_FIELDS', 'LIMIT_TIERS', 'STOP', 'PAIRS', 'MEASURES', 'RESULT_TABLES', 'training_file', 'split_heldout',
+           'train_fine_tunes', 'loss_ends', 'plot_fine_tune_losses', 'gold_loglik', 'cpu_bf16', 'mean_nll',
+           'answer_limits', 'answer_items', 'paired_bootstrap', 'compare_models', 'models_table', 'pairs_table',
+           'bucket_view', 'plot_comparison', 'write_results', 'read_results', 'markdown_table', 'train_table',
+           'describe_pairs']
 
 # %% ../nbs/44_experiment.ipynb #dfc6110f
 ALPACA_FIELDS = ("id", "instruction", "input", "output")
@@ -37,14 +41,26 @@ def training_file(tasks: list[Task], # the tasks to train on (machine tasks or s
     write_jsonl(resolve(path), ({k: r[k] for k in ALPACA_FIELDS} for r in recs))
     return counts
 
+# %% ../nbs/44_experiment.ipynb #8c8d49d3
+def split_heldout(tasks: list[Task], # one training set's tasks
+                  share: float = 0.1, # the share of tasks held out
+                  seed: int = 0, # which tasks
+                 ) -> tuple[list[Task], list[Task]]:
+    "`(train, heldout)`: a seeded `share` of the tasks held out (at least one task when there are two or more)."
+    if not 0 <= share < 1: raise ValueError(f"heldout share must be in [0, 1), got {share}")
+    n = len(tasks)
+    k = 0 if n < 2 or share == 0 else min(n - 1, max(1, round(share * n)))
+    held = set(rng(seed, "heldout", n).sample(range(n), k))
+    return [t for i, t in enumerate(tasks) if i not in held], [t for i, t in enumerate(tasks) if i in held]
+
 # %% ../nbs/44_experiment.ipynb #235b6f8b
 def train_fine_tunes(base: str, # the base model (a folder, a hub id, or "tiny")
                      data: dict[str, str|os.PathLike], # `{name: Alpaca JSONL}`: one fine-tune each, all from `base`
                      out_dir: str|os.PathLike, # `<out_dir>/<name>/model` holds each fine-tune
-                     max_steps: int = 16, # optimizer steps of each fine-tune
-                     epochs: float = 3.0, # at most this many passes (the steps usually stop first)
+                     epochs: float = 1.0, # passes over each training set
+                     max_steps: int = -1, # stop each fine-tune after this many optimizer steps (-1: the epochs decide)
                      lr: float = 5e-5, # peak learning rate
-                     **config, # passed to `sft.train_stages` / `sft_config` (max_length, grad_accum, logging_steps, ...)
+                     **config, # passed to `sft.train_stages` / `sft_config` (max_length, grad_accum, logging_steps, lora, ...)
                     ) -> dict[str, dict]:
     "Fine-tune `base` separately on each data file (Alpaca frame, answer-only loss); `{name: stage summary}`."
     out = {}
@@ -53,15 +69,25 @@ def train_fine_tunes(base: str, # the base model (a folder, a hub id, or "tiny")
         out[name] = train_stages(base, [stage], resolve(out_dir), template="alpaca", **config)[0]
     return out
 
-# %% ../nbs/44_experiment.ipynb #14212960
-def plot_fine_tune_losses(summaries: dict[str, dict], # `train_fine_tunes` output
+# %% ../nbs/44_experiment.ipynb #300e4db7
+def loss_ends(log_history: list[dict], # the trainer's `state.log_history` (`logging_steps=1`)
+              k: int|None = None, # steps averaged at each end (default: a tenth of the steps, 1 to 5)
+             ) -> dict:
+    "Mean training loss of the first and the last `k` logged steps: `{loss_start, loss_end, steps, k}`."
+    losses = [r["loss"] for r in log_history if "loss" in r]
+    if not losses: raise ValueError("no training loss in the log (logging_steps too large?)")
+    k = k or min(5, max(1, len(losses) // 10))
+    k = min(k, len(losses))
+    return {"loss_start": float(np.mean(losses[:k])), "loss_end": float(np.mean(losses[-k:])), "steps": len(losses), "k": k}
+
+# %% ../nbs/44_experiment.ipynb #ae333b47
+def plot_fine_tune_losses(losses: dict[str, list], # `{name: [(step, loss), ...]}` (e.g. from `train_log.json`)
                           ax=None):
     "Training loss against the optimizer step, one line per fine-tune; returns the figure."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.2))
-    for name, s in summaries.items():
-        pts = [(r["step"], r["loss"]) for r in s["log_history"] if "loss" in r]
-        ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", ms=3, label=f"+{name} ({s['records']} records)")
+    for name, pts in losses.items():
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "-", lw=1, label=f"+{name}")
     ax.set(xlabel="optimizer step", ylabel="training loss (answer tokens)", title="Fine-tuning loss")
     ax.legend(fontsize=8)
     return ax.figure
@@ -79,13 +105,20 @@ def gold_loglik(model, tok, # a causal LM and its tokenizer
                 items: list[EvalItem], # instructions with gold outputs
                 batch_size: int = 8, # sequences per forward pass
                 max_length: int = 1024, # longer sequences keep their last `max_length` tokens (the prompt is cut first)
+                eos: bool = False, # score the end-of-text token after the gold output too (as SFT trains it)
+                bf16: bool = False, # run the forward passes under bf16 autocast (see `cpu_bf16`); the softmax stays fp32
                ) -> pd.DataFrame:
     "One row per item: `id, bucket, gold_tokens, loglik` (sum of the gold tokens' log-probabilities)."
+    with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=bf16):
+        return _gold_loglik(model, tok, items, batch_size, max_length, eos)
+
+def _gold_loglik(model, tok, items, batch_size, max_length, eos):
     model.eval()
     dev = next(model.parameters()).device
     body, head = model.base_model, model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
-    enc = [(it,) + _gold_ids(tok, alpaca_prompt(it.instruction, it.input), it.gold) for it in items]
+    end = tok.eos_token if eos else ""
+    enc = [(it,) + _gold_ids(tok, alpaca_prompt(it.instruction, it.input), it.gold + end) for it in items]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i][1]))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     rows = {}
@@ -106,44 +139,226 @@ def gold_loglik(model, tok, # a causal LM and its tokenizer
             rows[it.id] = {"id": it.id, "bucket": it.bucket, "gold_tokens": len(ids) - start, "loglik": ll}
     return pd.DataFrame([rows[it.id] for it in items], columns=["id", "bucket", "gold_tokens", "loglik"])
 
-# %% ../nbs/44_experiment.ipynb #6f4cd2ad
+def cpu_bf16() -> bool:
+    "Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16), where bf16 autocast beats fp32."
+    try: flags = Path("/proc/cpuinfo").read_text()
+    except OSError: return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+def mean_nll(model, tok, # a causal LM and its tokenizer
+             records: list[dict], # Alpaca records `{id, instruction, input, output}` (e.g. a held-out file)
+             **kw, # passed to `gold_loglik`
+            ) -> float:
+    "The training loss's measure on `records`: mean negative log-likelihood per answer token, end-of-text included."
+    if not records: raise ValueError("no records to score")
+    ll = gold_loglik(model, tok, [EvalItem(str(r.get("id", i)), r["instruction"], r["input"], r["output"])
+                                  for i, r in enumerate(records)], eos=True, **kw)
+    return float(-ll["loglik"].sum() / ll["gold_tokens"].sum())
+
+# %% ../nbs/44_experiment.ipynb #7db5019a
+LIMIT_TIERS = (16, 32, 64, 128, 256, 512, 1024)  # the per-item token limits (fewer distinct limits, fuller batches)
 STOP = ["\n### ", "### Instruction", "### Response"]  # a base model continues the frame with the next example
 
+def answer_limits(items: list[EvalItem], # the items to answer
+                  tok, # the models' tokenizer
+                  max_tokens: int, # the cap
+                  factor: float = 1.5, # room above the gold output's length
+                 ) -> dict[str, int]:
+    "`{item id: new-token limit}`: the smallest of `LIMIT_TIERS` at or above `factor` x the gold's tokens, at most `max_tokens`."
+    out = {}
+    for it in items:
+        need = factor * len(tok(it.gold, add_special_tokens=False)["input_ids"])
+        out[it.id] = min(max_tokens, next((t for t in LIMIT_TIERS if t >= need), LIMIT_TIERS[-1]))
+    return out
+
+# %% ../nbs/44_experiment.ipynb #3fa42d96
 def answer_items(model_path: str, # a saved model folder (or "tiny")
                  items: list[EvalItem], # the instructions to answer
                  name: str, # the model's name in the answers
-                 max_tokens: int = 64, # new tokens per answer
+                 limits: dict[str, int], # new-token limit of each item (`answer_limits`)
                  batch_size: int = 16, # requests per `generate` call
                  journal: str|os.PathLike|None = None, # resume file of the requests
-                ) -> dict[str, str]:
-    "Greedy answers `{item id: answer}` of one model in the Alpaca frame."
+                 bf16: bool = False, # generate under bf16 autocast (see `cpu_bf16`)
+                ) -> list[dict]:
+    "Greedy answers of one model in the Alpaca frame: `{id, model, answer, finish, answer_tokens, limit}` per item."
     from selfinstruct_nb.llm import LLMClient, TransformersBackend
-    tasks = [{"id": it.id, "set": "user_oriented", "instruction": it.instruction, "input": it.input} for it in items]
-    reqs = generation_requests(tasks, template="alpaca", params={"temperature": 0.0, "max_tokens": max_tokens, "stop": STOP})
-    client = LLMClient(TransformersBackend(model_path, device="cpu", batch_size=batch_size), cache=None)
+    reqs = []
+    for it in items:
+        task = {"id": it.id, "set": "user_oriented", "instruction": it.instruction, "input": it.input}
+        reqs += generation_requests([task], template="alpaca", params={"temperature": 0.0, "max_tokens": limits[it.id], "stop": STOP})
+    backend = TransformersBackend(model_path, device="cpu", batch_size=batch_size)
+    backend.model.generation_config.cache_implementation = "dynamic"   # on a CPU faster than Gemma 3's default cache
+    if bf16:
+        plain = backend.call_batch
+        def call_batch(batch, timeout=None):
+            with torch.autocast("cpu", dtype=torch.bfloat16): return plain(batch, timeout=timeout)
+        backend.call_batch = call_batch
+    client = LLMClient(backend, cache=None)
     res = client.run(reqs, desc=f"answers {name}", journal=journal)
     failed = [r.id for r in res if not r.ok]
     if failed: raise RuntimeError(f"{name}: {len(failed)} answers failed, first {failed[0]}")
-    return {r.id: (r.text or "").strip() for r in res}
+    by_id = {r.id: r for r in res}
+    return [{"id": it.id, "model": name, "answer": (by_id[it.id].text or "").strip(), "finish": by_id[it.id].finish_reason,
+             "answer_tokens": by_id[it.id].usage.get("completion_tokens", 0), "limit": limits[it.id]} for it in items]
 
-def comparison_table(answers: dict[str, dict[str, str]], # `{model: {item id: answer}}`
-                     logliks: dict[str, pd.DataFrame], # `{model: gold_loglik(...)}`
-                     items: list[EvalItem], # the scored items (gold outputs)
-                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Per-item ROUGE-L scores and the table: one row per model, ROUGE-L per bucket, `answer_words`, `gold_loglik_per_token`."
-    scores = score_answers(items, answers)
-    long = bucket_table(scores)
-    wide = long.pivot(index="model", columns="bucket", values="rougeL")
-    wide = wide[[b for b in BUCKET_ORDER if b in wide.columns]].loc[list(answers)]
-    wide.columns = [f"rougeL {b}" for b in wide.columns]
-    wide["answer_words"] = long[long["bucket"] == "all"].set_index("model")["answer_words"]
-    wide["gold_loglik_per_token"] = pd.Series({m: ll["loglik"].sum() / ll["gold_tokens"].sum() for m, ll in logliks.items()})
-    wide["items_rouge"] = long[long["bucket"] == "all"].set_index("model")["n"]
-    wide["items_loglik"] = pd.Series({m: len(ll) for m, ll in logliks.items()})
-    wide.columns.name = None
-    return scores, wide
+# %% ../nbs/44_experiment.ipynb #f69a2f84
+def paired_bootstrap(a, b, # per-item values of two models, in the same item order
+                     weights=None, # per-item weights: the statistic is sum(a - b) / sum(weights) (None: the mean)
+                     n_boot: int = 10_000, # resamples
+                     seed: int = 0, # the resampling seed
+                     level: float = 0.95, # the interval's coverage
+                    ) -> dict:
+    "`{diff, lo, hi, items, excludes_zero}`: the paired difference `a - b` with its percentile bootstrap interval."
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or not len(a): raise ValueError(f"need two equal, non-empty lists of values, got {a.shape} and {b.shape}")
+    w = np.ones_like(a) if weights is None else np.asarray(weights, dtype=float)
+    d = a - b
+    idx = np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))
+    stats = d[idx].sum(1) / w[idx].sum(1)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    diff = float(d.sum() / w.sum())
+    return {"diff": diff, "lo": float(lo), "hi": float(hi), "items": int(len(d)), "excludes_zero": bool(lo > 0 or hi < 0)}
 
-# %% ../nbs/44_experiment.ipynb #bef4a54e
+# %% ../nbs/44_experiment.ipynb #ba555cbf
+PAIRS = [("+seeds", "base"), ("+self_instruct", "base"), ("+self_instruct", "+seeds")]  # (model, minus this one)
+
+def _buckets(df: pd.DataFrame, value) -> dict:
+    out = {b: value(df[df["bucket"] == b]) for b in BUCKET_ORDER[:-1] if (df["bucket"] == b).any()}
+    return {**out, "all": value(df)}
+
+def compare_models(logliks: dict[str, pd.DataFrame], # `{model: gold_loglik(...)}`, the same items for every model
+                   answers: dict[str, list[dict]], # `{model: answer_items(...)}`, the same items for every model
+                   items: list[EvalItem], # every scored item (gold outputs)
+                   pairs: list[tuple[str, str]] = PAIRS, # the differences to report (pairs of absent models are skipped)
+                   n_boot: int = 10_000, # bootstrap resamples
+                   seed: int = 0, # bootstrap seed
+                  ) -> dict:
+    "`{models, loglik_buckets, rouge_buckets, pairs}`: per-model results, per-bucket values with counts, paired differences."
+    by_id = {it.id: it for it in items}
+    scores = score_answers(items, {m: {a["id"]: a["answer"] for a in ans} for m, ans in answers.items()})
+    models = list(dict.fromkeys([*logliks, *answers]))
+    for m, ll in logliks.items():
+        if list(ll["id"]) != list(next(iter(logliks.values()))["id"]): raise ValueError(f"{m}: log-likelihood items differ between models")
+    ll_val = lambda d: {"n": int(len(d)), "value": float(d["loglik"].sum() / max(d["gold_tokens"].sum(), 1))}
+    rg_val = lambda d: {"n": int(len(d)), "value": float(d["rougeL"].mean())}
+    out = {"models": {}, "loglik_buckets": {m: _buckets(ll, ll_val) for m, ll in logliks.items()},
+           "rouge_buckets": {m: _buckets(scores[scores["model"] == m], rg_val) for m in answers}, "pairs": []}
+    for m in models:
+        row = {}
+        if m in logliks:
+            ll = logliks[m]
+            row.update(loglik_per_token=ll_val(ll)["value"], loglik_items=int(len(ll)), gold_tokens=int(ll["gold_tokens"].sum()))
+        if m in answers:
+            s, ans = scores[scores["model"] == m], answers[m]
+            row.update(rougeL=float(s["rougeL"].mean()), rouge_items=int(len(s)), answer_words=float(s["answer_words"].mean()),
+                       cut_at_limit=sum(a["finish"] == "length" for a in ans))
+        out["models"][m] = row
+    for a, b in pairs:
+        if a in logliks and b in logliks:
+            la, lb = logliks[a].set_index("id"), logliks[b].set_index("id")
+            out["pairs"].append({"a": a, "b": b, "measure": "loglik_per_token",
+                                 **paired_bootstrap(la["loglik"], lb.loc[la.index, "loglik"], la["gold_tokens"], n_boot, seed)})
+        if a in answers and b in answers:
+            sa = scores[scores["model"] == a].set_index("id")["rougeL"]
+            sb = scores[scores["model"] == b].set_index("id")["rougeL"]
+            if set(sa.index) != set(sb.index): raise ValueError(f"{a} and {b} answered different items")
+            out["pairs"].append({"a": a, "b": b, "measure": "rougeL", **paired_bootstrap(sa, sb.loc[sa.index], None, n_boot, seed)})
+    return out
+
+# %% ../nbs/44_experiment.ipynb #e4944cf1
+MEASURES = {"loglik_per_token": "log-likelihood per gold token", "rougeL": "ROUGE-L"}
+
+def models_table(cmp: dict) -> pd.DataFrame:
+    "One row per model: each measure overall, its item count, answer length and answers cut at their limit."
+    return pd.DataFrame.from_dict(cmp["models"], orient="index").rename_axis("model")
+
+def pairs_table(cmp: dict, digits: int = 3) -> pd.DataFrame:
+    "One row per (pair, measure): the difference, its 95% interval and whether the interval leaves out 0."
+    rows = [{"difference": f"{p['a']} - {p['b']}", "measure": MEASURES.get(p["measure"], p["measure"]), "items": p["items"],
+             "diff": round(p["diff"], digits), "95% interval": f"[{p['lo']:.{digits}f}, {p['hi']:.{digits}f}]",
+             "0 outside the interval": p["excludes_zero"]} for p in cmp["pairs"]]
+    return pd.DataFrame(rows)
+
+def bucket_view(cmp: dict, measure: str = "rouge", digits: int = 3) -> pd.DataFrame:
+    "Per-model values per gold-length bucket (`measure` 'rouge' or 'loglik'), each column headed with its item count."
+    per = cmp[f"{measure}_buckets"]
+    cols = list(dict.fromkeys(b for v in per.values() for b in v))
+    n = {b: next(v[b]["n"] for v in per.values() if b in v) for b in cols}
+    return pd.DataFrame({f"{b} (n={n[b]})": {m: round(v[b]["value"], digits) if b in v else None for m, v in per.items()}
+                         for b in cols}).rename_axis("model")
+
+# %% ../nbs/44_experiment.ipynb #21e52292
+def plot_comparison(cmp: dict, # `compare_models` output
+                    title: str = "", # figure title
+                   ):
+    "Three panels: log-likelihood and ROUGE-L per bucket (counts on the axis), paired differences with intervals."
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    for ax, key, label in ((axes[0], "loglik", "log-likelihood per gold token"), (axes[1], "rouge", "ROUGE-L")):
+        per = cmp[f"{key}_buckets"]
+        buckets = [b for b in BUCKET_ORDER if any(b in v for v in per.values())]
+        x, width = np.arange(len(buckets)), 0.8 / max(len(per), 1)
+        for k, (m, v) in enumerate(per.items()):
+            ax.bar(x - 0.4 + width * (k + 0.5), [v[b]["value"] if b in v else np.nan for b in buckets], width,
+                   label=f"{m}: {v['all']['value']:.3f}")
+        n = {b: next(v[b]["n"] for v in per.values() if b in v) for b in buckets}
+        ax.set_xticks(x, [f"{b}\n(n={n[b]})" for b in buckets]); ax.set_xlabel("gold output length (words)")
+        ax.set_ylabel(label); ax.set_title(f"{label} (higher is better)", fontsize=10); ax.legend(fontsize=7)
+    ax = axes[2]
+    ps = cmp["pairs"]
+    ys = np.arange(len(ps))[::-1]
+    for y, p in zip(ys, ps):
+        ax.errorbar(p["diff"], y, xerr=[[p["diff"] - p["lo"]], [p["hi"] - p["diff"]]], fmt="o", capsize=3,
+                    color="C3" if p["excludes_zero"] else "C0")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(ys, [f"{p['a']} - {p['b']}\n{'loglik/token' if p['measure'] == 'loglik_per_token' else 'ROUGE-L'}, n={p['items']}"
+                       for p in ps], fontsize=7)
+    ax.set_title("paired differences, 95% bootstrap intervals", fontsize=10)
+    if title: fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/44_experiment.ipynb #206fec6a
+RESULT_TABLES = ("train_log", "models", "buckets", "pairs", "answers")
+
+def write_results(out_dir: str|os.PathLike, # the stage's folder `<run_dir>/44_experiment`
+                  train_log: list[dict], # one record per fine-tune: data, steps, losses (see the stage notebook)
+                  cmp: dict|None, # `compare_models` output (None when the stage did not evaluate)
+                  answers: dict[str, list[dict]], # `{model: answer_items(...)}`
+                  items: list[EvalItem], # the answered items (gold outputs)
+                 ) -> list[Path]:
+    "Write `train_log.jsonl`, and with a comparison `models.jsonl`, `buckets.jsonl`, `pairs.jsonl`, `answers.jsonl`."
+    out_dir = resolve(out_dir)
+    paths = [write_jsonl(out_dir/"train_log.jsonl", train_log)]
+    if cmp is None: return paths
+    by_id = {it.id: it for it in items}
+    scores = score_answers(items, {m: {a["id"]: a["answer"] for a in ans} for m, ans in answers.items()}).set_index(["model", "id"])
+    paths.append(write_jsonl(out_dir/"models.jsonl", ({"model": m, **row} for m, row in cmp["models"].items())))
+    paths.append(write_jsonl(out_dir/"buckets.jsonl", (
+        {"measure": measure, "model": m, "bucket": b, **v}
+        for measure in ("loglik", "rouge") for m, per in cmp[f"{measure}_buckets"].items() for b, v in per.items())))
+    paths.append(write_jsonl(out_dir/"pairs.jsonl", cmp["pairs"]))
+    paths.append(write_jsonl(out_dir/"answers.jsonl", (
+        {"id": a["id"], "model": m, "bucket": by_id[a["id"]].bucket, "answer": a["answer"], "finish": a["finish"],
+         "answer_tokens": a["answer_tokens"], "limit": a["limit"], "rougeL": round(float(scores.loc[(m, a["id"]), "rougeL"]), 4)}
+        for m, ans in answers.items() for a in ans)))
+    return paths
+
+def read_results(folder: str|os.PathLike, # a run's `44_experiment` folder, or the excerpt's `data/samples/demo`
+                 prefix: str = "", # the tables' name prefix: "" in a run, "experiment_" in the excerpt
+                ) -> dict:
+    "`{train_log, comparison, answers}` from the tables of `write_results`; a missing table is a one-line error."
+    folder = resolve(folder)
+    missing = [f"{prefix}{t}.jsonl" for t in RESULT_TABLES if not (folder/f"{prefix}{t}.jsonl").exists()]
+    if missing: raise FileNotFoundError(f"{project_relative(folder)}: no {', '.join(missing)} (run stage 44_experiment, or make the excerpt)")
+    t = {name: read_jsonl(folder/f"{prefix}{name}.jsonl") for name in RESULT_TABLES}
+    cmp = {"models": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in t["models"]}, "pairs": t["pairs"]}
+    for measure in ("loglik", "rouge"):
+        per = cmp[f"{measure}_buckets"] = {}
+        for r in t["buckets"]:
+            if r["measure"] == measure: per.setdefault(r["model"], {})[r["bucket"]] = {"n": r["n"], "value": r["value"]}
+    return {"train_log": t["train_log"], "comparison": cmp, "answers": pd.DataFrame(t["answers"])}
+
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     "A pipe table of `df` (index first), numbers rounded to `digits`: for the README and the run's `comparison.md`."
     fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)
@@ -152,23 +367,23 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     lines += ["| " + " | ".join([str(i)] + [fmt(v) for v in row]) + " |" for i, row in zip(df.index, df.itertuples(index=False))]
     return "\n".join(lines) + "\n"
 
-# %% ../nbs/44_experiment.ipynb #2ef6df64
-def plot_comparison(scores: pd.DataFrame, # per-item ROUGE-L from `comparison_table`
-                    logliks: dict[str, pd.DataFrame], # `{model: gold_loglik(...)}`
-                    title: str = "", # figure title
-                   ):
-    "Two panels: ROUGE-L by gold-length bucket, gold log-likelihood per token by bucket; returns the figure."
-    import matplotlib.pyplot as plt, numpy as np
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4))
-    plot_bucket_table(bucket_table(scores), ax=a1, title="ROUGE-L vs gold output")
-    buckets = [b for b in BUCKET_ORDER[:-1] if any((ll["bucket"] == b).any() for ll in logliks.values())] + ["all"]
-    x, width = np.arange(len(buckets)), 0.8 / max(len(logliks), 1)
-    for k, (m, ll) in enumerate(logliks.items()):
-        vals = [(ll if b == "all" else ll[ll["bucket"] == b]).pipe(lambda d: d["loglik"].sum() / max(d["gold_tokens"].sum(), 1))
-                for b in buckets]
-        a2.bar(x - 0.4 + width * (k + 0.5), vals, width, label=f"{m}: {vals[-1]:.2f}")
-    a2.set_xticks(x, buckets); a2.set_xlabel("Gold response length (words)"); a2.set_ylabel("log-likelihood per gold token")
-    a2.set_title("Gold log-likelihood (higher is better)"); a2.legend(fontsize=7)
-    if title: fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+# %% ../nbs/44_experiment.ipynb #3dd31bad
+def train_table(train_log: list[dict]) -> pd.DataFrame:
+    "One row per fine-tune: tasks and records (trained / held out), epochs, steps, tokens, losses."
+    cols = {"train_tasks": "tasks", "heldout_tasks": "held-out tasks", "train_records": "records",
+            "heldout_records": "held-out records", "epochs": "epochs", "steps": "steps", "trained_tokens": "answer tokens / epoch",
+            "lr": "lr", "loss_start": "train loss, start", "loss_end": "train loss, end",
+            "heldout_loss_base": "held-out loss, base", "heldout_loss": "held-out loss, tuned", "seconds": "seconds"}
+    df = pd.DataFrame(train_log).set_index("fine_tune")
+    return df[[c for c in cols if c in df.columns]].rename(columns=cols)
+
+def describe_pairs(cmp: dict) -> list[str]:
+    "One sentence per paired difference: its sign, its interval, and whether 0 lies outside it."
+    out = []
+    for p in cmp["pairs"]:
+        what = MEASURES.get(p["measure"], p["measure"])
+        side = ("higher" if p["diff"] > 0 else "lower") if p["excludes_zero"] else "not told apart from"
+        out.append(f"{p['a']} vs {p['b']}, {what} over {p['items']} items: {p['diff']:+.3f} "
+                   f"[{p['lo']:+.3f}, {p['hi']:+.3f}]; " + (f"0 lies outside the interval: {p['a']} is {side} than {p['b']}."
+                                                           if p["excludes_zero"] else f"0 lies inside the interval: {p['a']} is {side} {p['b']}."))
+    return out

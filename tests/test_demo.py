@@ -31,17 +31,31 @@ def test_stage_44_on_tiny_model(tmp_path):
     pm.execute_notebook(str(ROOT/"nbs/pipeline/44_experiment.ipynb"), str(tmp_path/"44.ipynb"), kernel_name="selfinstruct-nb",
                         cwd=str(ROOT/"nbs/pipeline"), progress_bar=False,
                         parameters={"run_dir": str(run), "figures_dir": str(tmp_path/"figs"), "max_steps": 2,
-                                    "eval_items": 3, "loglik_items": 5, "max_tokens": 8})
-    m = json.loads((run/"44_experiment"/"metrics.json").read_text())
-    assert m["machine_tasks"] == 2 and m["training_data"]["self_instruct"]["examples"] == 3
-    assert m["training_data"]["seeds"]["tasks"] == 175
-    for name in ("seeds", "self_instruct"):  # both fine-tunes took exactly max_steps logged steps
-        assert [s for s, _ in m["fine_tunes"][name]["losses"]] == [1, 2]
-    assert list(m["comparison"]) == ["base", "+seeds", "+self_instruct"]
-    for row in m["comparison"].values():
-        assert row["items_rouge"] == 3 and row["items_loglik"] == 5
-        assert row["gold_loglik_per_token"] < 0 and math.isfinite(row["gold_loglik_per_token"])
-        assert 0 <= row["rougeL all"] <= 1
-    answers = [json.loads(l) for l in (run/"44_experiment"/"answers.jsonl").read_text().splitlines()]
-    assert len(answers) == 3 * 3
+                                    "eval_items": 3, "loglik_items": 5, "max_tokens": 8, "n_boot": 200})
+    out = run/"44_experiment"
+    m = json.loads((out/"metrics.json").read_text())
+    assert m["machine_tasks"] == 2
+    si, seeds = m["training_data"]["self_instruct"], m["training_data"]["seeds"]
+    assert si["train"]["tasks"] == si["heldout"]["tasks"] == 1                    # a tenth of 2 tasks: one held out
+    assert si["train"]["examples"] + si["heldout"]["examples"] == 3
+    assert (seeds["train"]["tasks"], seeds["heldout"]["tasks"]) == (157, 18)
+    for name in ("seeds", "self_instruct"):
+        f = m["fine_tunes"][name]
+        assert [s for s, _ in f["losses"]] == [1, 2]                                  # max_steps caps the epoch
+        assert math.isfinite(f["loss_start"]) and math.isfinite(f["loss_end"])
+        assert f["heldout_loss_base"] > 0 and f["heldout_loss"] > 0
+        assert f["heldout_loss"] != f["heldout_loss_base"]                            # the fine-tune moved
+    models = [json.loads(l) for l in (out/"models.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in models] == ["base", "+seeds", "+self_instruct"]
+    for row in models:
+        assert row["rouge_items"] == 3 and row["loglik_items"] == 5
+        assert row["loglik_per_token"] < 0 and math.isfinite(row["loglik_per_token"])
+        assert 0 <= row["rougeL"] <= 1 and 0 <= row["cut_at_limit"] <= 3
+    pairs = [json.loads(l) for l in (out/"pairs.jsonl").read_text().splitlines()]
+    assert [(p["a"], p["b"]) for p in pairs[::2]] == [("+seeds", "base"), ("+self_instruct", "base"), ("+self_instruct", "+seeds")]
+    assert all(p["lo"] <= p["diff"] <= p["hi"] for p in pairs)
+    buckets = [json.loads(l) for l in (out/"buckets.jsonl").read_text().splitlines()]
+    assert {b["n"] for b in buckets if b["bucket"] == "all" and b["measure"] == "loglik"} == {5}
+    answers = [json.loads(l) for l in (out/"answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 3 * 3 and all(a["answer_tokens"] <= a["limit"] <= 8 for a in answers)
     for stem in ("experiment_sft_loss", "experiment_comparison"): assert (tmp_path/"figs"/f"{stem}.png").stat().st_size > 1000
