@@ -13,9 +13,11 @@ from .core import canonical_json, resolve
 from .llm import BackendError, Completion, LLMRequest, cut_at_stop
 
 # %% auto #0
-__all__ = ['GEMMA', 'GEMMA_HUB_ID', 'GEMMA_PACKAGE', 'GEMMA_GGUF', 'GEMMA_SHA256', 'GEMMA_CHAT_TEMPLATE', 'NAMED_MODELS',
-           'gguf_path', 'LlamaCppBackend', 'ModelFileError', 'sha256_file', 'check_sha256', 'models_dir',
-           'gemma_available', 'gemma_gguf', 'gguf_to_hf', 'gemma_hf', 'resolve_named', 'main']
+__all__ = ['GEMMA', 'GEMMA_HUB_ID', 'GEMMA_PACKAGE', 'GEMMA_GGUF', 'GEMMA_SHA256', 'LLAMACPP_NO_AMX', 'LLAMACPP_CMAKE_ARGS',
+           'LLAMACPP_REQUIREMENT', 'LLAMACPP_INSTALL', 'GEMMA_CHAT_TEMPLATE', 'NAMED_MODELS', 'gguf_path',
+           'LlamaCppBackend', 'LlamaCppCrash', 'cpu_flags', 'build_features', 'signal_name', 'probe_llamacpp',
+           'ModelFileError', 'sha256_file', 'check_sha256', 'models_dir', 'gemma_available', 'gemma_gguf', 'gguf_to_hf',
+           'gemma_hf', 'resolve_named', 'main']
 
 # %% ../nbs/05_gemma.ipynb #5e1a0c6d
 GEMMA = "gemma-3-270m"                      # the name the project resolves
@@ -112,6 +114,82 @@ class LlamaCppBackend:
         out: list = [None] * len(reqs)
         for i in order: out[i] = self.call(reqs[i])
         return out
+
+# %% ../nbs/05_gemma.ipynb #a3c1e0b2
+LLAMACPP_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"  # C/C++ flags: a native build without llama.cpp's AMX kernels
+LLAMACPP_CMAKE_ARGS = f"-DCMAKE_C_FLAGS='{LLAMACPP_NO_AMX}' -DCMAKE_CXX_FLAGS='{LLAMACPP_NO_AMX}'"
+LLAMACPP_REQUIREMENT = "llama-cpp-python[server]==0.3.36"
+LLAMACPP_INSTALL = (f'CMAKE_ARGS="{LLAMACPP_CMAKE_ARGS}" pip install --no-cache-dir --force-reinstall --no-deps '
+                    f'"{LLAMACPP_REQUIREMENT}"')   # the fix a crash message gives (x86-64)
+
+class LlamaCppCrash(RuntimeError):
+    "llama.cpp died or hung in a test generation; the message is one line, with the signal and the fix."
+
+def cpu_flags() -> set[str]:
+    "The CPU feature flags of `/proc/cpuinfo` (empty where there is none)."
+    try: text = Path("/proc/cpuinfo").read_text()
+    except OSError: return set()
+    return set(next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), []))
+
+def build_features(system_info: str) -> dict[str, str]:
+    "The `NAME = value` features of llama.cpp's system info line (`llama_print_system_info`), e.g. {'AVX2': '1', ...}."
+    return {k.rpartition(":")[2].strip(): v.strip() for part in system_info.split("|") if "=" in part
+            for k, v in [part.rsplit("=", 1)]}   # "CPU : SSE3 = 1": a backend's name leads its first feature
+
+def signal_name(returncode: int) -> str:
+    "`SIGSEGV` for a child's return code -11 (killed by a signal), else `exit N`."
+    import signal
+    if returncode >= 0: return f"exit {returncode}"
+    try: return signal.Signals(-returncode).name
+    except ValueError: return f"signal {-returncode}"
+
+_PROBE = r"""
+import json, sys, time
+t0 = time.time()
+import llama_cpp
+print(json.dumps({"system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}), flush=True)
+from selfinstruct_nb.gemma import LlamaCppBackend
+from selfinstruct_nb.llm import LLMRequest
+b = LlamaCppBackend(sys.argv[1], n_ctx=512)
+c = b.call(LLMRequest("probe", prompt="Here is a list of ten animals, one per line, with the country each lives in:\n1.",
+                      params={"max_tokens": int(sys.argv[2]), "temperature": 0}))
+print(json.dumps({"text": c.text, "completion_tokens": c.usage["completion_tokens"], "seconds": round(time.time() - t0, 2)}), flush=True)
+"""
+
+def _crash_hint(returncode: int, features: dict) -> str:
+    amx = features.get("AMX_INT8") == "1"
+    if amx: return (f"this llama-cpp-python build has llama.cpp's AMX kernels (system info: AMX_INT8 = 1), which crash on "
+                    f"this CPU (llama.cpp issue #20824): rebuild it without them: {LLAMACPP_INSTALL}")
+    if returncode == -9: return ("it was killed (SIGKILL: often the out-of-memory killer; see `dmesg | grep -i oom`): "
+                                 "free memory or use a smaller n_ctx")
+    if returncode == -4: return (f"the build uses an instruction this CPU lacks (built on another machine?): rebuild it "
+                                 f"here: {LLAMACPP_INSTALL}")
+    return f"rebuild llama-cpp-python ({LLAMACPP_INSTALL}) or generate with the transformers backend (-p backend=transformers)"
+
+def probe_llamacpp(model: str = GEMMA,        # "gemma-3-270m" or a .gguf file, as `LlamaCppBackend` takes it
+                   max_tokens: int = 8,       # tokens to generate
+                   timeout: float = 300,      # seconds before the child counts as hung
+                  ) -> dict:
+    "Generate a few tokens with `model` in a child process: its system info, text and seconds, or a one-line `LlamaCppCrash`."
+    import subprocess
+    path = gguf_path(model)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                                    os.environ.get("PYTHONPATH")]))}
+    where = f"llama.cpp test generation with {model}"
+    try: r = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(max_tokens)], capture_output=True, text=True,
+                            timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired: raise LlamaCppCrash(f"{where}: no answer in {timeout:.0f} s") from None
+    out = {}
+    for line in r.stdout.splitlines():
+        try: out.update(json.loads(line))
+        except ValueError: pass
+    if r.returncode != 0 or "text" not in out:
+        features = build_features(out.get("system_info", ""))
+        if r.returncode < 0:
+            raise LlamaCppCrash(f"{where}: the process died ({signal_name(r.returncode)}): {_crash_hint(r.returncode, features)}")
+        last = next((l.strip() for l in reversed(r.stderr.splitlines()) if l.strip()), "no output")
+        raise LlamaCppCrash(f"{where} failed ({signal_name(r.returncode)}): {last[:300]}")
+    return out
 
 # %% ../nbs/05_gemma.ipynb #8affd8d9
 class ModelFileError(RuntimeError):
@@ -265,8 +343,8 @@ def resolve_named(name: str,          # a model name such as "gemma-3-270m"
 def main(argv: list[str]|None = None) -> int:
     "CLI: `python -m selfinstruct_nb.gemma {check,prepare,path} [--file GGUF]`."
     ap = argparse.ArgumentParser(prog="python -m selfinstruct_nb.gemma", description=f"The {GEMMA} model files.")
-    ap.add_argument("command", choices=["check", "prepare", "path"], help="check: re-hash the GGUF; prepare: "
-                    "assemble and convert; path: print the files")
+    ap.add_argument("command", choices=["check", "prepare", "path"], help="check: re-hash the GGUF, then generate a few "
+                    "tokens with llama.cpp in a child process (if installed); prepare: assemble and convert; path: print the files")
     ap.add_argument("--file", help="check this GGUF instead of the project's copy")
     a = ap.parse_args(argv)
     try:
@@ -274,12 +352,19 @@ def main(argv: list[str]|None = None) -> int:
             path = Path(a.file) if a.file else models_dir()/GEMMA/GEMMA_GGUF
             if not a.file and not path.exists(): path = gemma_gguf()  # assembling checks it too
             check_sha256(path, GEMMA_SHA256); print(f"ok {path} sha256 {GEMMA_SHA256}")
+            import importlib.util
+            if importlib.util.find_spec("llama_cpp") is None:
+                print("llama.cpp: llama-cpp-python is not installed (the llamacpp extra): no generation to check"); return 0
+            p = probe_llamacpp(str(path))
+            on = [k for k, v in build_features(p["system_info"]).items() if v == "1"]
+            print(f"ok llama.cpp generated {p['completion_tokens']} tokens in a child process in {p['seconds']:.1f} s "
+                  f"(build: {' '.join(on)})")
         elif a.command == "prepare": print(gemma_gguf()); print(gemma_hf())
         else:
             for form in ("gguf", "hf"):
                 p = models_dir()/(GEMMA if form == "gguf" else f"{GEMMA}-hf")
                 print(f"{form}\t{p/GEMMA_GGUF if form == 'gguf' else p}\t{'present' if p.exists() else 'not made yet'}")
-    except ModelFileError as e:
+    except (ModelFileError, LlamaCppCrash) as e:
         print(f"error: {e}", file=sys.stderr); return 1
     return 0
 

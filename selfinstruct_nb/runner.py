@@ -15,14 +15,15 @@ from typing import Any, Callable, Sequence
 from .core import project_relative, project_root, resolve, stable_hash, sha256_file, write_json, write_text
 
 # %% auto #0
-__all__ = ['KERNEL', 'SECRET_WORDS', 'REDACTED', 'KEY_PACKAGES', 'MODEL_ROLES', 'ConfigError', 'StageFailed', 'Param',
-           'parse_parameters_cell', 'Stage', 'read_stage', 'list_stages', 'parse_value', 'Profile', 'read_profiles',
-           'is_secret_name', 'redact_params', 'secret_values', 'scrub', 'scrub_file', 'StagePlan', 'check_value',
-           'parse_stages', 'plan_run', 'check_paper_scale', 'set_run_dir', 'new_run_dir', 'latest_run_dir',
-           'done_marker', 'is_done', 'package_versions', 'git_info', 'platform_info', 'data_files', 'kernel_info',
-           'released_inputs', 'released_inputs_lines', 'check_data', 'check_named_model', 'check_model',
-           'check_gguf_model', 'model_params', 'check_plans', 'stage_kernel_manager', 'metrics_summary',
-           'all_requests_failed', 'run_profile', 'describe_stage', 'describe', 'build_parser', 'main']
+__all__ = ['KERNEL', 'SECRET_WORDS', 'REDACTED', 'KEY_PACKAGES', 'MODEL_ROLES', 'KERNEL_SIGNAL_HINTS', 'ConfigError',
+           'StageFailed', 'Param', 'parse_parameters_cell', 'Stage', 'read_stage', 'list_stages', 'parse_value',
+           'Profile', 'read_profiles', 'is_secret_name', 'redact_params', 'secret_values', 'scrub', 'scrub_file',
+           'StagePlan', 'check_value', 'parse_stages', 'plan_run', 'check_paper_scale', 'set_run_dir', 'new_run_dir',
+           'latest_run_dir', 'done_marker', 'is_done', 'package_versions', 'git_info', 'platform_info', 'data_files',
+           'kernel_info', 'released_inputs', 'released_inputs_lines', 'check_data', 'check_named_model', 'check_model',
+           'check_gguf_model', 'model_params', 'check_plans', 'probe_plans', 'stage_kernel_manager', 'metrics_summary',
+           'all_requests_failed', 'run_profile', 'recording_kernel_manager', 'kernel_death', 'describe_stage',
+           'describe', 'build_parser', 'main']
 
 # %% ../nbs/04_runner.ipynb #6d79d603
 KERNEL = "selfinstruct-nb"  # the Jupyter kernel the README's install commands register
@@ -537,6 +538,18 @@ def check_plans(plans: Sequence[StagePlan], environ=None) -> None:
             elif backend == "llamacpp": check_gguf_model(str(ps[m]), where)
             else: raise ConfigError(f"{where}: unknown backend {backend!r}: expected 'transformers', 'openai' or 'llamacpp'")
 
+# %% ../nbs/04_runner.ipynb #b7d0c1a4
+def probe_plans(plans: Sequence[StagePlan]) -> list[str]:
+    "Generate a few tokens with each distinct `llamacpp` model of the plans, in a child process; a crash is a one-line `ConfigError`."
+    seen = {}
+    for plan in plans:
+        for m, backend, _ in model_params(plan.params):
+            if backend != "llamacpp" or (value := str(plan.params[m])) in seen: continue
+            from selfinstruct_nb.gemma import LlamaCppCrash, probe_llamacpp
+            try: seen[value] = probe_llamacpp(value)
+            except LlamaCppCrash as e: raise ConfigError(f"{plan.stage.name}.{m}: {e}") from None
+    return [f"{v} generated {p['completion_tokens']} tokens in {p['seconds']:.1f} s" for v, p in seen.items()]
+
 # %% ../nbs/04_runner.ipynb #ea7620c2
 def _die_with_parent():
     "A `preexec_fn` (Linux) that makes the child receive SIGKILL when this process dies, however it dies."
@@ -611,11 +624,13 @@ def _env(**kw):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
-def _failure(plan: StagePlan, e: Exception, executed: Path) -> str:
-    "One line naming the stage, source notebook, cell and error of a papermill failure."
+def _failure(plan: StagePlan, e: Exception, executed: Path, kernel_process=None) -> str:
+    "One line naming the stage, source notebook, cell and error of a papermill failure (or the signal that killed its kernel)."
     from papermill.exceptions import PapermillExecutionError
     nb = _rel(plan.stage.path)
-    if not isinstance(e, PapermillExecutionError): return f"stage {plan.stage.name} failed ({nb}): {type(e).__name__}: {e}"
+    if not isinstance(e, PapermillExecutionError):
+        if death := kernel_death(kernel_process): return f"stage {plan.stage.name} failed ({nb}): {death} -- executed notebook: {_rel(executed)}"
+        return f"stage {plan.stage.name} failed ({nb}): {type(e).__name__}: {e}"
     idx = e.cell_index - (1 if e.cell_index > plan.stage.params_index else 0)  # papermill adds one injected-parameters cell
     first = next((l.strip() for l in (e.source or "").splitlines() if l.strip() and not l.strip().startswith("#")), "")
     first = first if len(first) <= 60 else first[:57] + "..."
@@ -678,8 +693,9 @@ def run_profile(profile: str,                       # a section of settings.ini
     if dry_run:
         for p in plans: say(f"{p.stage.name}: {json.dumps(redact_params(p.injected), ensure_ascii=False)}")
         for line in released_inputs_lines(released_inputs(plans)): say(line)
+        probed = probe_plans(plans)   # a llama.cpp build that crashes is found here, in seconds
         say(f"checks ok: kernel {kernel}, {data_info['present']} data files verified, models and API keys of {len(plans)} stage(s)"
-            + (f", resume {_rel(run_dir)}" if resume else ""))
+            + (f", resume {_rel(run_dir)}" if resume else "") + (f"; llama.cpp: {', '.join(probed)}" if probed else ""))
         return plans
     if not kinfo["same_env_as_runner"]:
         say(f"warning: kernel '{kernel}' runs {kinfo['python']}, not this environment's {sys.executable}; "
@@ -689,7 +705,7 @@ def run_profile(profile: str,                       # a section of settings.ini
         run_dir.mkdir(parents=True, exist_ok=True)
     set_run_dir(plans, _rel(run_dir))
     from papermill import execute_notebook
-    kernel_manager = stage_kernel_manager()
+    kernel_manager = recording_kernel_manager(stage_kernel_manager())
     man = _Manifest(run_dir/"manifest.json", secrets, {
         **old, "profile": profile, "run_dir": _rel(run_dir), "status": "running",
         "created_at": old.get("created_at", _now()), "command": list(argv if argv is not None else sys.argv),
@@ -724,7 +740,7 @@ def run_profile(profile: str,                       # a section of settings.ini
                                      cwd=str(root), progress_bar=progress_bar, log_output=False, kernel_manager_class=kernel_manager)
             except Exception as e:
                 scrub_file(executed, secrets)
-                msg = scrub(_failure(plan, e, executed), secrets)
+                msg = scrub(_failure(plan, e, executed, kernel_manager.process), secrets)
                 rec.update(status="failed", seconds=round(time.time() - t0, 2), error=msg)
                 man.save(status="failed", seconds=round(time.time() - t_run, 2))
                 raise StageFailed(msg) from None
@@ -757,6 +773,40 @@ def run_profile(profile: str,                       # a section of settings.ini
     man.save(status="ok", seconds=round(time.time() - t_run, 2))
     say(f"run ok: {_rel(run_dir)} (manifest.json)")
     return run_dir
+
+# %% ../nbs/04_runner.ipynb #b7d0c1a2
+KERNEL_SIGNAL_HINTS = {
+    "SIGSEGV": "a crash in native code; for a stage that generates with llama.cpp, `python -m selfinstruct_nb.gemma check` "
+               "tests the build and gives the fix",
+    "SIGKILL": "killed from outside, most often by the out-of-memory killer (`dmesg | grep -i oom`): free memory or "
+               "lower the stage's sizes",
+    "SIGABRT": "an abort in native code; the executed notebook's last output may say where",
+    "SIGILL": "an instruction this CPU lacks: a compiled library built for another CPU (rebuild it on this machine)",
+    "SIGBUS": "a bus error: a memory-mapped file changed under it, or the disk is full",
+}
+
+def _not_kernel_died(record) -> bool:  # nbclient's own bare line; the runner's error says it, with the cause
+    return "Kernel died while waiting for execute reply" not in record.getMessage()
+
+def recording_kernel_manager(cls):
+    "A subclass of kernel manager class `cls` that keeps its last kernel's process in `.process`, to tell how it ended."
+    import logging
+    if _not_kernel_died not in logging.getLogger("papermill").filters: logging.getLogger("papermill").addFilter(_not_kernel_died)
+    class Recording(cls):
+        process = None
+        async def _async_post_start_kernel(self, **kw):
+            type(self).process = getattr(self.provisioner, "process", None)
+            return await super()._async_post_start_kernel(**kw)
+    return Recording
+
+def kernel_death(process) -> str|None:
+    "`its kernel died from SIGSEGV (what to check)` when a signal ended the kernel `process` (a `Popen`), else None."
+    import signal
+    code = process.poll() if process is not None else None
+    if code is None or code >= 0: return None
+    try: name = signal.Signals(-code).name
+    except ValueError: name = f"signal {-code}"
+    return f"its kernel died from {name} ({KERNEL_SIGNAL_HINTS.get(name, 'killed by a signal')})"
 
 # %% ../nbs/04_runner.ipynb #847c7e32
 def _fmt_value(v) -> str: return repr(v) if not isinstance(v, str) else json.dumps(v, ensure_ascii=False)
