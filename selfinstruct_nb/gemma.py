@@ -10,14 +10,14 @@ import argparse, atexit, contextlib, hashlib, io, json, os, shutil, sys, tempfil
 from pathlib import Path
 
 from .core import canonical_json, resolve
-from .llm import BackendError, Completion, LLMRequest, cut_at_stop
+from .llm import BackendError, Completion, LLMRequest, cut_at_stop, register_backend
+from .tinymodel import NAMED_MODELS, ModelFileError, register_model, resolve_named
 
 # %% auto #0
 __all__ = ['GEMMA', 'GEMMA_HUB_ID', 'GEMMA_PACKAGE', 'GEMMA_GGUF', 'GEMMA_SHA256', 'LLAMACPP_NO_AMX', 'LLAMACPP_CMAKE_ARGS',
-           'LLAMACPP_REQUIREMENT', 'LLAMACPP_INSTALL', 'GEMMA_CHAT_TEMPLATE', 'NAMED_MODELS', 'gguf_path',
-           'LlamaCppBackend', 'LlamaCppCrash', 'cpu_flags', 'build_features', 'signal_name', 'probe_llamacpp',
-           'ModelFileError', 'sha256_file', 'check_sha256', 'models_dir', 'gemma_available', 'gemma_gguf', 'gguf_to_hf',
-           'gemma_hf', 'resolve_named', 'main']
+           'LLAMACPP_REQUIREMENT', 'LLAMACPP_INSTALL', 'GEMMA_CHAT_TEMPLATE', 'gguf_path', 'LlamaCppBackend',
+           'LlamaCppCrash', 'cpu_flags', 'build_features', 'signal_name', 'probe_llamacpp', 'sha256_file',
+           'check_sha256', 'models_dir', 'gemma_available', 'gemma_gguf', 'gguf_to_hf', 'gemma_hf', 'main']
 
 # %% ../nbs/05_gemma.ipynb #5e1a0c6d
 GEMMA = "gemma-3-270m"                      # the name the project resolves
@@ -115,6 +115,8 @@ class LlamaCppBackend:
         for i in order: out[i] = self.call(reqs[i])
         return out
 
+register_backend("llamacpp", LlamaCppBackend)   # make_backend("llamacpp", ...) finds it (02_llm)
+
 # %% ../nbs/05_gemma.ipynb #a3c1e0b2
 LLAMACPP_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"  # C/C++ flags: a native build without llama.cpp's AMX kernels
 LLAMACPP_CMAKE_ARGS = f"-DCMAKE_C_FLAGS='{LLAMACPP_NO_AMX}' -DCMAKE_CXX_FLAGS='{LLAMACPP_NO_AMX}'"
@@ -192,9 +194,6 @@ def probe_llamacpp(model: str = GEMMA,        # "gemma-3-270m" or a .gguf file, 
     return out
 
 # %% ../nbs/05_gemma.ipynb #8affd8d9
-class ModelFileError(RuntimeError):
-    "A model file is missing, corrupted or cannot be made; the message is one line and says how to fix it."
-
 def sha256_file(path: str|os.PathLike) -> str:
     "Hex sha256 of a file, read in 1 MiB blocks."
     h = hashlib.sha256()
@@ -329,15 +328,7 @@ def gemma_hf(folder: str|os.PathLike|None = None, # default: `models_dir()/gemma
     return folder
 
 # %% ../nbs/05_gemma.ipynb #282abffc
-NAMED_MODELS = {GEMMA: {"hf": gemma_hf, "gguf": gemma_gguf}}
-
-def resolve_named(name: str,          # a model name such as "gemma-3-270m"
-                  form: str = "hf",   # "hf": a transformers folder; "gguf": a llama.cpp file
-                 ) -> Path|None:
-    "The local file or folder for a project-named model in `form`, made on first use; `None` for other names."
-    if name not in NAMED_MODELS: return None
-    if form not in NAMED_MODELS[name]: raise ValueError(f"model {name!r} has no form {form!r} (known: {', '.join(NAMED_MODELS[name])})")
-    return NAMED_MODELS[name][form]()
+register_model(GEMMA, {"hf": gemma_hf, "gguf": gemma_gguf})   # resolve_named (03_tinymodel) makes either form on first use
 
 # %% ../nbs/05_gemma.ipynb #e7fa8f43
 def main(argv: list[str]|None = None) -> int:

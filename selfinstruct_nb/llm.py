@@ -20,11 +20,12 @@ from .core import (Generation, FieldError, JsonlAppender, canonical_json, read_j
                                   stable_hash)
 
 # %% auto #0
-__all__ = ['SAMPLING_PARAMS', 'OVERLOAD_CODES', 'normalize_params', 'LLMRequest', 'LLMResult', 'prompt_hash', 'request_key',
-           'Completion', 'BackendError', 'MissingAPIKeyError', 'AuthenticationFailed', 'split_base_urls',
-           'read_timeout_for', 'OpenAIBackend', 'cut_at_stop', 'PenaltyProcessor', 'TransformersBackend',
-           'make_backend', 'ResponseCache', 'backoff_delay', 'load_journal', 'LimitWindow', 'AdaptiveLimit',
-           'simulate_limit', 'configure_concurrency', 'LLMClient', 'sent_log_path', 'LLMSession', 'auth_message']
+__all__ = ['SAMPLING_PARAMS', 'BACKENDS', 'BACKEND_MODULES', 'OVERLOAD_CODES', 'normalize_params', 'LLMRequest', 'LLMResult',
+           'prompt_hash', 'request_key', 'Completion', 'BackendError', 'MissingAPIKeyError', 'AuthenticationFailed',
+           'split_base_urls', 'read_timeout_for', 'OpenAIBackend', 'cut_at_stop', 'PenaltyProcessor',
+           'TransformersBackend', 'register_backend', 'make_backend', 'ResponseCache', 'backoff_delay', 'load_journal',
+           'LimitWindow', 'AdaptiveLimit', 'simulate_limit', 'configure_concurrency', 'LLMClient', 'sent_log_path',
+           'LLMSession', 'auth_message']
 
 # %% ../nbs/02_llm.ipynb #a66d7aa0
 SAMPLING_PARAMS = {"temperature": float, "top_p": float, "max_tokens": int, "stop": list,
@@ -499,7 +500,15 @@ def _eos_ids(model, tok) -> list[int]:
     return [i for i in dict.fromkeys(ids) if i is not None]
 
 # %% ../nbs/02_llm.ipynb #d57dad70
-def make_backend(kind: str,                    # "openai" | "transformers" | "llamacpp"
+BACKENDS: dict = {}   # kind -> factory(model, **kw), filled by `register_backend`
+BACKEND_MODULES = {"llamacpp": "selfinstruct_nb.gemma"}  # kind -> the module that registers it, imported on first use
+
+def register_backend(kind: str,   # the name stages give as `backend`
+                     factory):    # called as factory(model, **kw): a class with `call_batch`, `identity`, `group_key`
+    "Make `factory` the backend of `kind` for `make_backend`."
+    BACKENDS[kind] = factory
+
+def make_backend(kind: str,                    # "openai" | "transformers" | "llamacpp" | a registered kind
                  model: str,                   # server model name, hub id, folder, "tiny", "gemma-3-270m" or a .gguf
                  base_url: str|None = None,    # openai: server URL, or several (a list or comma-separated)
                  api_key_env: str = "OPENAI_API_KEY",  # openai: NAME of the env var with the key ("" = none)
@@ -507,13 +516,15 @@ def make_backend(kind: str,                    # "openai" | "transformers" | "ll
                  connect_timeout: float = 5.0, # openai: seconds to wait for a connection
                  **kw):                        # passed to the backend's constructor
     "The backend of `kind` for `model`."
-    if kind == "openai":
-        return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout, connect_timeout=connect_timeout, **kw)
-    if kind == "transformers": return TransformersBackend(model, **kw)
-    if kind == "llamacpp":
-        from selfinstruct_nb.gemma import LlamaCppBackend   # llama.cpp in-process (the `llamacpp` extra)
-        return LlamaCppBackend(model, **kw)
-    raise ValueError(f"unknown backend kind {kind!r}: expected 'openai', 'transformers' or 'llamacpp'")
+    if kind not in BACKENDS and kind in BACKEND_MODULES:
+        import importlib; importlib.import_module(BACKEND_MODULES[kind])
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend kind {kind!r}: expected {', '.join(repr(k) for k in sorted({*BACKENDS, *BACKEND_MODULES}))}")
+    if kind == "openai": kw.update(base_url=base_url, api_key_env=api_key_env, timeout=timeout, connect_timeout=connect_timeout)
+    return BACKENDS[kind](model, **kw)
+
+register_backend("openai", OpenAIBackend)
+register_backend("transformers", TransformersBackend)
 
 # %% ../nbs/02_llm.ipynb #f69b3ebe
 class ResponseCache:

@@ -23,7 +23,7 @@ __all__ = ['KERNEL', 'SECRET_WORDS', 'REDACTED', 'KEY_PACKAGES', 'MODEL_ROLES', 
            'kernel_info', 'released_inputs', 'released_inputs_lines', 'check_data', 'check_named_model', 'check_model',
            'check_gguf_model', 'model_params', 'check_plans', 'probe_plans', 'stage_kernel_manager', 'metrics_summary',
            'all_requests_failed', 'run_profile', 'recording_kernel_manager', 'kernel_death', 'describe_stage',
-           'describe', 'build_parser', 'main']
+           'describe']
 
 # %% ../nbs/04_runner.ipynb #6d79d603
 KERNEL = "selfinstruct-nb"  # the Jupyter kernel the README's install commands register
@@ -840,82 +840,3 @@ def describe(pipeline_dir=None, settings_path=None, width: int = 100) -> str:
     out += ["", "`selfinstruct-nb params STAGE` lists a stage's parameters and what each profile sets;",
             "`-p key=value` sets a key in every selected stage that declares it, `-p stage.key=value` in one."]
     return "\n".join(out)
-
-def build_parser(pipeline_dir=None, settings_path=None, full_help: bool = True) -> argparse.ArgumentParser:
-    "The `selfinstruct-nb` argument parser; with `full_help` its help lists the profiles and the stages."
-    epilog = describe(pipeline_dir, settings_path) if full_help else None
-    fmt = argparse.RawDescriptionHelpFormatter
-    ap = argparse.ArgumentParser(prog="selfinstruct-nb", formatter_class=fmt, epilog=epilog,
-        description="Run the Self-Instruct / GPT-4-LLM / Orca pipeline notebooks (nbs/pipeline) with a profile from settings.ini.")
-    sub = ap.add_subparsers(dest="cmd", metavar="{run,list,params,sweep}")
-    r = sub.add_parser("run", help="run a profile's stages with papermill into outputs/<profile>-<time>/",
-                       formatter_class=fmt, epilog=epilog, description="Run a profile's stage notebooks in order.")
-    r.add_argument("profile", help="a profile (section) of settings.ini")
-    r.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="set a parameter (Python literal, bare word = string); `stage.key=value` for one stage; repeatable")
-    r.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable, or comma-separated)")
-    r.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
-                   help="continue the latest run of the profile (or RUN_DIR, written after PROFILE); stages that finished "
-                        "with the same parameters are skipped, a rerun stage reruns every later one")
-    r.add_argument("--dry-run", action="store_true",
-                   help="check everything (parameters, kernel, data, models, API keys, --resume) and print what each stage gets")
-    r.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel (default {KERNEL})")
-    r.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
-    sub.add_parser("list", help="list the stages and the profiles")
-    pp = sub.add_parser("params", help="a stage's parameters and what each profile sets")
-    pp.add_argument("stage")
-    from selfinstruct_nb.sweep import add_sweep_parser  # the sweep subcommand lives in 06_sweep
-    add_sweep_parser(sub, fmt, epilog)
-    return ap
-
-# %% ../nbs/04_runner.ipynb #738fd5cf
-def _cmd_list(pipeline_dir, settings_path, log) -> None:
-    root = project_root()
-    stages = list_stages(pipeline_dir or root/"nbs"/"pipeline")
-    profiles = read_profiles(settings_path or root/"settings.ini")
-    log("stages:")
-    for s in stages: log(f"  {s.name:<20} {s.title}")
-    log("profiles:")
-    for n, p in profiles.items():
-        if n == "DEFAULT": continue
-        try: sel = ", ".join(x.stage.name for x in plan_run(n, stages=stages, profiles=profiles))
-        except ConfigError as e: sel = f"({e})"
-        log(f"  {n:<8} {p.comment}".rstrip()); log(f"{'':11}stages: {sel}")
-
-def _cmd_params(stage: str, pipeline_dir, settings_path, log) -> None:
-    root = project_root()
-    stages = list_stages(pipeline_dir or root/"nbs"/"pipeline")
-    profiles = read_profiles(settings_path or root/"settings.ini")
-    by = {s.name: s for s in stages}
-    if stage not in by: raise ConfigError(f"unknown stage '{stage}'{_suggest(stage, by)} (stages: {', '.join(by) or 'none'})")
-    log(f"{_rel(by[stage].path)}  {by[stage].title}")
-    log("\n".join(describe_stage(by[stage])[1:]))
-    for n in profiles:
-        if n == "DEFAULT": continue
-        try: plan = next((p for p in plan_run(n, only=[stage], stages=stages, profiles=profiles)), None)
-        except ConfigError as e: log(f"  profile {n}: ({e})"); continue
-        set_ = {k: v for k, v in redact_params(plan.injected).items() if k != "run_dir"}
-        log(f"  profile {n}: " + (", ".join(f"{k}={_fmt_value(v)}" for k, v in set_.items()) or "defaults"))
-
-def main(argv: Sequence[str]|None = None) -> int:
-    "The `selfinstruct-nb` command; returns the exit code (2: bad input, 1: a stage failed, 130: interrupted)."
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    # papermill -> nbformat -> jsonschema imports the optional IRI checker rfc3987_syntax, which builds an Earley
-    # parser at import (3 s here); notebook validation never checks IRIs, so this process goes without it.
-    sys.modules.setdefault("rfc3987_syntax", None)
-    ap = build_parser(full_help=not args_list or any(a in ("-h", "--help") for a in args_list))
-    args = ap.parse_args(args_list)
-    try:
-        if args.cmd == "run":
-            run_profile(args.profile, args.param, args.only, args.resume, kernel=args.kernel, dry_run=args.dry_run,
-                        progress_bar=not args.no_progress, argv=["selfinstruct-nb", *args_list])
-        elif args.cmd == "sweep":
-            from selfinstruct_nb.sweep import sweep_command
-            return sweep_command(args, argv=["selfinstruct-nb", *args_list])
-        elif args.cmd == "list": _cmd_list(None, None, print)
-        elif args.cmd == "params": _cmd_params(args.stage, None, None, print)
-        else: ap.print_help(); return 2
-    except ConfigError as e: print(f"selfinstruct-nb: error: {scrub(str(e), secret_values())}", file=sys.stderr); return 2
-    except StageFailed as e: print(f"selfinstruct-nb: {e}", file=sys.stderr); return 1
-    except KeyboardInterrupt: print("selfinstruct-nb: interrupted", file=sys.stderr); return 130
-    return 0

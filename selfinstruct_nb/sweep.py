@@ -258,7 +258,7 @@ def plot_sweep(df,                          # `results_table` output
 def _point_main(argv: Sequence[str]|None = None) -> int:
     "Child-process entry: run one point (a JSON spec in argv[0]); exit 0 ok, 1 stage failed, 2 bad input, 130 interrupted."
     spec = json.loads((sys.argv[1:] if argv is None else argv)[0])
-    sys.modules.setdefault("rfc3987_syntax", None)  # as runner.main: a slow optional import papermill never needs
+    sys.modules.setdefault("rfc3987_syntax", None)  # as cli.main: a slow optional import papermill never needs
     parent = os.getppid()
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (a shell's `cmd &`)
@@ -515,7 +515,7 @@ def write_results(sweep_dir: str|os.PathLike, x: str|None = None, hue=None, metr
 
 # %% ../nbs/06_sweep.ipynb #c047139b
 def add_sweep_parser(sub, fmt=argparse.RawDescriptionHelpFormatter, epilog: str|None = None) -> argparse.ArgumentParser:
-    "Register the `sweep` subcommand on the `selfinstruct-nb` subparsers."
+    "Register the `sweep` subcommand and its own flags on the `selfinstruct-nb` subparsers (08_cli adds the ones `run` shares)."
     s = sub.add_parser("sweep", help="run a profile over a grid of parameter values; one table of all results",
                        formatter_class=fmt, epilog=epilog,
                        description="Run a profile at every point of a grid (each point a normal run in its own process, "
@@ -526,7 +526,6 @@ def add_sweep_parser(sub, fmt=argparse.RawDescriptionHelpFormatter, epilog: str|
                    help="a swept parameter (a list of values) or a fixed one (`key=value`); `stage.key=...` for one "
                         "stage; to sweep a list-typed parameter give a list of lists; repeatable")
     s.add_argument("--zip", action="store_true", help="pair the lists (equal lengths) instead of their cartesian product")
-    s.add_argument("--only", action="append", metavar="STAGE", help="run only these stages in every point (repeatable, or comma-separated)")
     s.add_argument("--workers", type=int, default=None, metavar="N",
                    help="points run at once, each in its own process (default 1; with --resume, the sweep's own)")
     s.add_argument("--resume", nargs="?", const=True, default=None, metavar="SWEEP_DIR",
@@ -537,8 +536,6 @@ def add_sweep_parser(sub, fmt=argparse.RawDescriptionHelpFormatter, epilog: str|
                         "or a derived metric (" + ", ".join(DERIVED_METRICS) + "); repeatable; default: a few per stage")
     s.add_argument("--x", metavar="KEY", help="the swept key on the figure's x axis (default: the first)")
     s.add_argument("--hue", metavar="KEY", help="one line per value of this swept key (default: the others)")
-    s.add_argument("--dry-run", action="store_true", help="check the grid and print the points; run and write nothing")
-    s.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel (default {KERNEL})")
     return s
 
 def sweep_command(args, argv: Sequence[str]|None = None) -> int:

@@ -10,11 +10,11 @@ import json, os, shutil, tempfile
 from pathlib import Path
 
 from .core import resolve, stable_hash
-from .gemma import ModelFileError, resolve_named
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'TINY_CONFIG', 'tiny_corpus', 'train_tiny_tokenizer', 'build_tiny_model',
-           'tiny_model_path', 'ModelLoadError', 'resolve_model', 'pick_device', 'load_model']
+__all__ = ['SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'TINY_CONFIG', 'NAMED_MODELS', 'MODEL_MODULES', 'tiny_corpus',
+           'train_tiny_tokenizer', 'build_tiny_model', 'tiny_model_path', 'ModelFileError', 'register_model',
+           'resolve_named', 'ModelLoadError', 'resolve_model', 'pick_device', 'load_model']
 
 # %% ../nbs/03_tinymodel.ipynb #355b8efd
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -76,6 +76,29 @@ def tiny_model_path(seed: int = 0) -> Path:
     path = resolve(f"outputs/models/tiny-llama-{key}")
     if not (path/"tiny_build.json").exists(): build_tiny_model(path, seed=seed)
     return path
+
+# %% ../nbs/03_tinymodel.ipynb #c4e2a0d2
+class ModelFileError(RuntimeError):
+    "A model file is missing, corrupted or cannot be made; the message is one line and says how to fix it."
+
+NAMED_MODELS: dict = {}   # name -> {form: maker}, filled by `register_model`
+MODEL_MODULES = {"gemma-3-270m": "selfinstruct_nb.gemma"}  # name -> the module that registers it, imported on first use
+
+def register_model(name: str,    # the project name, e.g. "gemma-3-270m"
+                   forms: dict,  # form ("hf", "gguf") -> a function making (once) and returning its path
+                  ) -> None:
+    "Make `name` a project model whose `form` resolves to `forms[form]()`."
+    NAMED_MODELS[name] = forms
+
+def resolve_named(name: str,          # a model name such as "gemma-3-270m"
+                  form: str = "hf",   # "hf": a transformers folder; "gguf": a llama.cpp file
+                 ) -> Path|None:
+    "The local file or folder for a project-named model in `form`, made on first use; `None` for other names."
+    if name not in NAMED_MODELS and name in MODEL_MODULES:
+        import importlib; importlib.import_module(MODEL_MODULES[name])
+    if name not in NAMED_MODELS: return None
+    if form not in NAMED_MODELS[name]: raise ValueError(f"model {name!r} has no form {form!r} (known: {', '.join(NAMED_MODELS[name])})")
+    return NAMED_MODELS[name][form]()
 
 # %% ../nbs/03_tinymodel.ipynb #a696e4e3
 class ModelLoadError(RuntimeError):
