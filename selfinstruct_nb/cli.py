@@ -6,7 +6,7 @@ Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/cli.html.md"""
 
 # %% ../nbs/09_cli.ipynb #87ba2bf6
 from __future__ import annotations
-import argparse, sys
+import argparse, signal, sys
 from typing import Sequence
 
 from .core import project_root
@@ -84,6 +84,8 @@ def main(argv: Sequence[str]|None = None) -> int:
     # papermill -> nbformat -> jsonschema imports the optional IRI checker rfc3987_syntax, which builds an Earley
     # parser at import (3 s here); notebook validation never checks IRIs, so this process goes without it.
     sys.modules.setdefault("rfc3987_syntax", None)
+    # Ctrl-C must stop every phase, also when this process started with SIGINT ignored (a script's `cmd &`)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ap = build_parser(full_help=not args_list or any(a in ("-h", "--help") for a in args_list))
     args = ap.parse_args(args_list)
     try:

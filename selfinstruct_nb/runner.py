@@ -22,8 +22,8 @@ __all__ = ['KERNEL', 'SECRET_WORDS', 'REDACTED', 'KEY_PACKAGES', 'MODEL_ROLES', 
            'latest_run_dir', 'done_marker', 'is_done', 'package_versions', 'git_info', 'platform_info', 'data_files',
            'kernel_info', 'released_inputs', 'released_inputs_lines', 'check_data', 'check_named_model', 'check_model',
            'check_gguf_model', 'model_params', 'check_plans', 'probe_plans', 'stage_kernel_manager', 'metrics_summary',
-           'all_requests_failed', 'run_profile', 'recording_kernel_manager', 'kernel_death', 'describe_stage',
-           'describe']
+           'all_requests_failed', 'run_profile', 'recording_kernel_manager', 'kernel_death', 'run_interruptibly',
+           'resume_command', 'describe_stage', 'describe']
 
 # %% ../nbs/04_runner.ipynb #6d79d603
 KERNEL = "selfinstruct-nb"  # the Jupyter kernel the README's install commands register
@@ -734,10 +734,12 @@ def run_profile(profile: str,                       # a section of settings.ini
                    "git_commit": man.data["git"].get("commit")}
             man.data["stages"][name] = rec; man.save()
             t0 = time.time()
+            kernel_manager.reset()
             try:
                 with _env(SELFINSTRUCT_ROOT=str(root)):
-                    execute_notebook(str(plan.stage.path), str(executed), parameters=plan.injected, kernel_name=kernel, language="python",
-                                     cwd=str(root), progress_bar=progress_bar, log_output=False, kernel_manager_class=kernel_manager)
+                    run_interruptibly(lambda: execute_notebook(
+                        str(plan.stage.path), str(executed), parameters=plan.injected, kernel_name=kernel, language="python",
+                        cwd=str(root), progress_bar=progress_bar, log_output=False, kernel_manager_class=kernel_manager), kernel_manager)
             except Exception as e:
                 scrub_file(executed, secrets)
                 msg = scrub(_failure(plan, e, executed, kernel_manager.process), secrets)
@@ -769,7 +771,9 @@ def run_profile(profile: str,                       # a section of settings.ini
     except KeyboardInterrupt:
         for rec in man.data["stages"].values():
             if rec.get("status") == "running": rec["status"] = "interrupted"
-        man.save(status="interrupted"); raise
+        man.save(status="interrupted")
+        if not given: say(f"run interrupted: {_rel(run_dir)} (manifest.json); continue with: {resume_command(profile, run_dir, overrides, only, kernel)}")
+        raise
     man.save(status="ok", seconds=round(time.time() - t_run, 2))
     say(f"run ok: {_rel(run_dir)} (manifest.json)")
     return run_dir
@@ -789,14 +793,27 @@ def _not_kernel_died(record) -> bool:  # nbclient's own bare line; the runner's 
     return "Kernel died while waiting for execute reply" not in record.getMessage()
 
 def recording_kernel_manager(cls):
-    "A subclass of kernel manager class `cls` that keeps its last kernel's process in `.process`, to tell how it ended."
+    "A subclass of kernel manager class `cls` that keeps its kernel's process in `.process` (to tell how it ended) and can `stop()` it from another thread."
     import logging
     if _not_kernel_died not in logging.getLogger("papermill").filters: logging.getLogger("papermill").addFilter(_not_kernel_died)
     class Recording(cls):
-        process = None
-        async def _async_post_start_kernel(self, **kw):
-            type(self).process = getattr(self.provisioner, "process", None)
-            return await super()._async_post_start_kernel(**kw)
+        process, stopped = None, False
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            k = type(self)
+            if k.stopped: raise RuntimeError("interrupted before the stage kernel started")
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            k.process = getattr(self.provisioner, "process", None)
+            if k.stopped: k.stop()   # interrupted while it was starting
+        @classmethod
+        def reset(k): k.process, k.stopped = None, False
+        @classmethod
+        def stop(k):
+            "Kill the kernel (with its process group when it leads one) and refuse to start another."
+            k.stopped, p = True, k.process
+            if p is None or p.poll() is not None: return
+            with contextlib.suppress(OSError):
+                if hasattr(os, "killpg") and os.getpgid(p.pid) == p.pid: os.killpg(p.pid, 9)
+                else: p.kill()
     return Recording
 
 def kernel_death(process) -> str|None:
@@ -807,6 +824,30 @@ def kernel_death(process) -> str|None:
     try: name = signal.Signals(-code).name
     except ValueError: name = f"signal {-code}"
     return f"its kernel died from {name} ({KERNEL_SIGNAL_HINTS.get(name, 'killed by a signal')})"
+
+def run_interruptibly(fn, kernel_manager):
+    "`fn()` (a stage's papermill run) in a worker thread while this one waits: Ctrl-C reaches this thread as `KeyboardInterrupt` in every phase, the stage kernel is killed and the worker waited for."
+    import threading
+    box = {}
+    def work():
+        try: box["value"] = fn()
+        except BaseException as e: box["error"] = e
+    t = threading.Thread(target=work, name="stage", daemon=True)
+    t.start()
+    try:
+        while t.is_alive(): t.join(0.25)
+    except KeyboardInterrupt:
+        kernel_manager.stop(); t.join(30)
+        raise
+    if "error" in box: raise box["error"]
+    return box.get("value")
+
+def resume_command(profile: str, run_dir, overrides: Sequence[str] = (), only: Sequence[str]|None = None, kernel: str = KERNEL) -> str:
+    "The command line that continues the run in `run_dir` with the same parameters."
+    import shlex
+    args = ["selfinstruct-nb", "run", profile, "--resume", _rel(run_dir), *(x for o in overrides for x in ("-p", o)),
+            *(x for o in only or () for x in ("--only", o)), *(["--kernel", kernel] if kernel != KERNEL else [])]
+    return shlex.join(args)
 
 # %% ../nbs/04_runner.ipynb #847c7e32
 def _fmt_value(v) -> str: return repr(v) if not isinstance(v, str) else json.dumps(v, ensure_ascii=False)

@@ -70,30 +70,41 @@ def read(p):
     except (OSError, ValueError): return None
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)], ids=["SIGINT", "SIGKILL"])
-def test_interrupt_and_resume(toy, sig):
+@pytest.mark.parametrize("sig,ignored", [(signal.SIGINT, False), (signal.SIGINT, True),
+                                        pytest.param(signal.SIGKILL, False, marks=pytest.mark.slow)],
+                         ids=["SIGINT", "SIGINT-ignored-at-start", "SIGKILL"])
+def test_interrupt_and_resume(toy, sig, ignored):
     """Ctrl-C (SIGINT to the sweep's process group) or SIGKILL mid-sweep, then --resume: finished points are not run
-    again. After SIGKILL the sweep cannot write its manifest, but its points notice they are orphans and stop."""
-    args = ["sweep", "toy", "-p", "10_make.wait=[0.0,0.1,6.0,6.1]", "-p", "n=3", "--workers", "2", "--metric", "20_sum.sum.total"]
+    again. After SIGKILL the sweep cannot write its manifest, but its points notice they are orphans and stop.
+    SIGINT is sent once points 2-3 are inside 10_make's cell (a marker file it writes), not after a guessed sleep;
+    `ignored`: the sweep starts with SIGINT ignored, as a script's `cmd &` leaves it (the cause of a lost Ctrl-C)."""
+    nb_path = toy/"nbs"/"pipeline"/"10_make.ipynb"
+    nb = json.loads(nb_path.read_text())
+    assert nb["cells"][2]["source"].startswith("import time\ntime.sleep(wait)\n")
+    nb["cells"][2]["source"] = ("import time\nfrom selfinstruct_nb import core\n(core.resolve(run_dir)/'10_make.started').write_text('')\n"
+                                "if not core.resolve('fast').exists(): time.sleep(wait)   # a resumed sweep need not wait\n"
+                                + nb["cells"][2]["source"].removeprefix("import time\ntime.sleep(wait)\n"))
+    nb_path.write_text(json.dumps(nb, indent=1))
+    args = ["sweep", "toy", "-p", "10_make.wait=[0.0,0.1,60.0,60.1]", "-p", "n=3", "--workers", "2", "--metric", "20_sum.sum.total"]
     env = {**os.environ, "SELFINSTRUCT_ROOT": str(toy)}
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None
     p = subprocess.Popen([str(SCRIPT), *args], cwd=toy, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
+                         text=True, start_new_session=True, preexec_fn=ignore)
     try:
         sweep = wait_for(lambda: next((toy/"outputs").glob("sweep-toy-*"), None) if (toy/"outputs").exists() else None, 60, "the sweep folder")
         def slow_points_in_stage():
             man = read(sweep/"sweep.json")
             if not man or [q["status"] for q in man["points"]] != ["ok", "ok", "running", "running"]: return False
-            mans = [read(sweep/q["name"]/"manifest.json") for q in man["points"][2:]]
-            return all(m and m["stages"].get("10_make", {}).get("status") == "running" for m in mans)
-        wait_for(slow_points_in_stage, 180, "points 0-1 finished and points 2-3 inside 10_make")
-        time.sleep(1.0)
+            return all((sweep/q["name"]/"10_make.started").exists() for q in man["points"][2:])
+        wait_for(slow_points_in_stage, 240, "points 0-1 finished and points 2-3 inside 10_make's cell")
+        t0 = time.time()
         os.killpg(p.pid, sig)
         out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None: os.killpg(p.pid, signal.SIGKILL); p.wait()
     man = read(sweep/"sweep.json")
     if sig == signal.SIGINT:
-        assert p.returncode == 130, out + err
+        assert p.returncode == 130 and time.time() - t0 < 45, out + err   # not after the points' 60 s
         assert "interrupted" in err and "--resume" in out
         assert man["status"] == "interrupted"
         assert [q["status"] for q in man["points"]] == ["ok", "ok", "interrupted", "interrupted"]
@@ -106,6 +117,7 @@ def test_interrupt_and_resume(toy, sig):
         assert not (sweep/q["name"]/"point.pid").exists()
     finished = {f: f.stat().st_mtime_ns for q in man["points"][:2] for f in (sweep/q["name"]).rglob("*.json")}
 
+    (toy/"fast").write_text("")
     r = cli(toy, "sweep", "toy", "--resume")
     assert r.returncode == 0, r.stdout + r.stderr
     for q in man["points"][:2]: assert f"{q['name']}: skipped, finished earlier" in r.stdout
@@ -115,7 +127,7 @@ def test_interrupt_and_resume(toy, sig):
     assert man["workers"] == 2 and man["command"] == ["selfinstruct-nb", *args]   # the resumed sweep's own settings
     rows = list(csv.DictReader(open(sweep/"results.csv")))
     assert [float(r["20_sum.sum.total"]) for r in rows] == [3.0] * 4
-    assert [float(r["10_make.wait"]) for r in rows] == [0.0, 0.1, 6.0, 6.1]
+    assert [float(r["10_make.wait"]) for r in rows] == [0.0, 0.1, 60.0, 60.1]
     assert (sweep/"sweep.png").exists()
 
 
