@@ -43,6 +43,11 @@ def test_the_flags_leave_out_amx_and_keep_the_rest():
     assert "__AMX_INT8__" in plain                        # without the flags the AMX kernels would be compiled in
     assert not any(m.startswith("__AMX") for m in fixed)  # with them, not
     assert {"__AVX512F__", "__AVX512VNNI__"} <= fixed     # every other native instruction stays
+    # and with -march=native itself: the user's -m flags win over what GCC detects, wherever they stand on the line
+    if "amx_int8" in gemma.cpu_flags():
+        assert not any(m.startswith("__AMX") for m in _macros(*gemma.LLAMACPP_NO_AMX.split(), "-march=native"))
+    else:   # no AMX here: the reverse shows the same rule (an explicit -mamx-int8 before -march=native stays)
+        assert "__AMX_INT8__" in _macros("-mamx-tile", "-mamx-int8", "-march=native")
 
 
 @pytest.mark.skipif(not HAS_LLAMA, reason="the [demo] and [llamacpp] extras are not installed")
