@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .core import canonical_json, resolve
 from .llm import BackendError, Completion, LLMRequest, cut_at_stop, register_backend
-from .tinymodel import NAMED_MODELS, ModelFileError, register_model, resolve_named
+from .tinymodel import MODEL_MODULES, NAMED_MODELS, ModelFileError, register_model, resolve_named
 
 # %% auto #0
 __all__ = ['GEMMA', 'GEMMA_HUB_ID', 'GEMMA_PACKAGE', 'GEMMA_GGUF', 'GEMMA_SHA256', 'LLAMACPP_NO_AMX', 'LLAMACPP_CMAKE_ARGS',
@@ -37,13 +37,13 @@ def _close_llama(ref):
 
 def gguf_path(model: str) -> Path:
     "The GGUF file for `model`: a project-named model (`gemma-3-270m`) or a path to a `.gguf` file."
-    named = resolve_named(model, "gguf") if model in NAMED_MODELS else None
+    named = resolve_named(model, "gguf")   # None for a name that is no project model
     if named is not None: return named
     p = Path(model).expanduser()
     p = p if p.is_absolute() else resolve(model)
     if p.suffix != ".gguf" or not p.is_file():
         raise ModelFileError(f"llamacpp backend: model {model!r} is neither a project model name "
-                             f"({', '.join(NAMED_MODELS)}) nor an existing .gguf file")
+                             f"({', '.join(sorted({*NAMED_MODELS, *MODEL_MODULES}))}) nor an existing .gguf file")
     return p
 
 class LlamaCppBackend:
@@ -115,8 +115,6 @@ class LlamaCppBackend:
         for i in order: out[i] = self.call(reqs[i])
         return out
 
-register_backend("llamacpp", LlamaCppBackend)   # make_backend("llamacpp", ...) finds it (02_llm)
-
 # %% ../nbs/05_gemma.ipynb #a3c1e0b2
 LLAMACPP_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"  # C/C++ flags: a native build without llama.cpp's AMX kernels
 LLAMACPP_CMAKE_ARGS = f"-DCMAKE_C_FLAGS='{LLAMACPP_NO_AMX}' -DCMAKE_CXX_FLAGS='{LLAMACPP_NO_AMX}'"
@@ -175,7 +173,8 @@ def probe_llamacpp(model: str = GEMMA,        # "gemma-3-270m" or a .gguf file, 
     "Generate a few tokens with `model` in a child process: its system info, text and seconds, or a one-line `LlamaCppCrash`."
     import subprocess
     path = gguf_path(model)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+    import selfinstruct_nb   # the child imports this same package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(selfinstruct_nb.__file__).resolve().parent.parent),
                                                                     os.environ.get("PYTHONPATH")]))}
     where = f"llama.cpp test generation with {model}"
     try: r = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(max_tokens)], capture_output=True, text=True,
@@ -328,7 +327,9 @@ def gemma_hf(folder: str|os.PathLike|None = None, # default: `models_dir()/gemma
     return folder
 
 # %% ../nbs/05_gemma.ipynb #282abffc
-register_model(GEMMA, {"hf": gemma_hf, "gguf": gemma_gguf})   # resolve_named (03_tinymodel) makes either form on first use
+# resolve_named (03_tinymodel) makes either form of the name on first use; make_backend (02_llm) finds the backend
+register_backend("llamacpp", LlamaCppBackend)
+register_model(GEMMA, {"hf": gemma_hf, "gguf": gemma_gguf});
 
 # %% ../nbs/05_gemma.ipynb #e7fa8f43
 def main(argv: list[str]|None = None) -> int:

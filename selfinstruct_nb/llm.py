@@ -508,6 +508,9 @@ def register_backend(kind: str,   # the name stages give as `backend`
     "Make `factory` the backend of `kind` for `make_backend`."
     BACKENDS[kind] = factory
 
+register_backend("openai", OpenAIBackend)
+register_backend("transformers", TransformersBackend)
+
 def make_backend(kind: str,                    # "openai" | "transformers" | "llamacpp" | a registered kind
                  model: str,                   # server model name, hub id, folder, "tiny", "gemma-3-270m" or a .gguf
                  base_url: str|None = None,    # openai: server URL, or several (a list or comma-separated)
@@ -522,9 +525,6 @@ def make_backend(kind: str,                    # "openai" | "transformers" | "ll
         raise ValueError(f"unknown backend kind {kind!r}: expected {', '.join(repr(k) for k in sorted({*BACKENDS, *BACKEND_MODULES}))}")
     if kind == "openai": kw.update(base_url=base_url, api_key_env=api_key_env, timeout=timeout, connect_timeout=connect_timeout)
     return BACKENDS[kind](model, **kw)
-
-register_backend("openai", OpenAIBackend)
-register_backend("transformers", TransformersBackend)
 
 # %% ../nbs/02_llm.ipynb #f69b3ebe
 class ResponseCache:

@@ -22,8 +22,8 @@ __all__ = ['KERNEL', 'SECRET_WORDS', 'REDACTED', 'KEY_PACKAGES', 'MODEL_ROLES', 
            'latest_run_dir', 'done_marker', 'is_done', 'package_versions', 'git_info', 'platform_info', 'data_files',
            'kernel_info', 'released_inputs', 'released_inputs_lines', 'check_data', 'check_named_model', 'check_model',
            'check_gguf_model', 'model_params', 'check_plans', 'probe_plans', 'stage_kernel_manager', 'metrics_summary',
-           'all_requests_failed', 'run_profile', 'recording_kernel_manager', 'kernel_death', 'run_interruptibly',
-           'resume_command', 'describe_stage', 'describe']
+           'all_requests_failed', 'recording_kernel_manager', 'kernel_death', 'run_interruptibly', 'resume_command',
+           'run_profile', 'describe_stage', 'describe']
 
 # %% ../nbs/04_runner.ipynb #6d79d603
 KERNEL = "selfinstruct-nb"  # the Jupyter kernel the README's install commands register
@@ -645,6 +645,77 @@ class _Manifest:
         self.data.update(kw, updated_at=_now())
         write_json(self.path, scrub(self.data, self.secrets))
 
+# %% ../nbs/04_runner.ipynb #b7d0c1a2
+KERNEL_SIGNAL_HINTS = {
+    "SIGSEGV": "a crash in native code; for a stage that generates with llama.cpp, `python -m selfinstruct_nb.gemma check` "
+               "tests the build and gives the fix",
+    "SIGKILL": "killed from outside, most often by the out-of-memory killer (`dmesg | grep -i oom`): free memory or "
+               "lower the stage's sizes",
+    "SIGABRT": "an abort in native code; the executed notebook's last output may say where",
+    "SIGILL": "an instruction this CPU lacks: a compiled library built for another CPU (rebuild it on this machine)",
+    "SIGBUS": "a bus error: a memory-mapped file changed under it, or the disk is full",
+}
+
+def _not_kernel_died(record) -> bool:  # nbclient's own bare line; the runner's error says it, with the cause
+    return "Kernel died while waiting for execute reply" not in record.getMessage()
+
+def recording_kernel_manager(cls):
+    "A subclass of kernel manager class `cls` that keeps its kernel's process in `.process` (to tell how it ended) and can `stop()` it from another thread."
+    import logging
+    if _not_kernel_died not in logging.getLogger("papermill").filters: logging.getLogger("papermill").addFilter(_not_kernel_died)
+    class Recording(cls):
+        process, stopped = None, False
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            k = type(self)
+            if k.stopped: raise RuntimeError("interrupted before the stage kernel started")
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            k.process = getattr(self.provisioner, "process", None)
+            if k.stopped: k.stop()   # interrupted while it was starting
+        @classmethod
+        def reset(k): k.process, k.stopped = None, False
+        @classmethod
+        def stop(k):
+            "Kill the kernel (with its process group when it leads one) and refuse to start another."
+            k.stopped, p = True, k.process
+            if p is None or p.poll() is not None: return
+            with contextlib.suppress(OSError):
+                if hasattr(os, "killpg") and os.getpgid(p.pid) == p.pid: os.killpg(p.pid, 9)
+                else: p.kill()
+    return Recording
+
+def kernel_death(process) -> str|None:
+    "`its kernel died from SIGSEGV (what to check)` when a signal ended the kernel `process` (a `Popen`), else None."
+    import signal
+    code = process.poll() if process is not None else None
+    if code is None or code >= 0: return None
+    try: name = signal.Signals(-code).name
+    except ValueError: name = f"signal {-code}"
+    return f"its kernel died from {name} ({KERNEL_SIGNAL_HINTS.get(name, 'killed by a signal')})"
+
+def run_interruptibly(fn, kernel_manager):
+    "`fn()` (a stage's papermill run) in a worker thread while this one waits: Ctrl-C reaches this thread as `KeyboardInterrupt` in every phase, the stage kernel is killed and the worker waited for."
+    import threading
+    box = {}
+    def work():
+        try: box["value"] = fn()
+        except BaseException as e: box["error"] = e
+    t = threading.Thread(target=work, name="stage", daemon=True)
+    t.start()
+    try:
+        while t.is_alive(): t.join(0.25)
+    except KeyboardInterrupt:
+        kernel_manager.stop(); t.join(30)
+        raise
+    if "error" in box: raise box["error"]
+    return box.get("value")
+
+def resume_command(profile: str, run_dir, overrides: Sequence[str] = (), only: Sequence[str]|None = None, kernel: str = KERNEL) -> str:
+    "The command line that continues the run in `run_dir` with the same parameters."
+    import shlex
+    args = ["selfinstruct-nb", "run", profile, "--resume", _rel(run_dir), *(x for o in overrides for x in ("-p", o)),
+            *(x for o in only or () for x in ("--only", o)), *(["--kernel", kernel] if kernel != KERNEL else [])]
+    return shlex.join(args)
+
 # %% ../nbs/04_runner.ipynb #93b315b9
 def run_profile(profile: str,                       # a section of settings.ini
                 overrides: Sequence[str] = (),      # `key=value` / `stage.key=value` items (`-p`)
@@ -777,77 +848,6 @@ def run_profile(profile: str,                       # a section of settings.ini
     man.save(status="ok", seconds=round(time.time() - t_run, 2))
     say(f"run ok: {_rel(run_dir)} (manifest.json)")
     return run_dir
-
-# %% ../nbs/04_runner.ipynb #b7d0c1a2
-KERNEL_SIGNAL_HINTS = {
-    "SIGSEGV": "a crash in native code; for a stage that generates with llama.cpp, `python -m selfinstruct_nb.gemma check` "
-               "tests the build and gives the fix",
-    "SIGKILL": "killed from outside, most often by the out-of-memory killer (`dmesg | grep -i oom`): free memory or "
-               "lower the stage's sizes",
-    "SIGABRT": "an abort in native code; the executed notebook's last output may say where",
-    "SIGILL": "an instruction this CPU lacks: a compiled library built for another CPU (rebuild it on this machine)",
-    "SIGBUS": "a bus error: a memory-mapped file changed under it, or the disk is full",
-}
-
-def _not_kernel_died(record) -> bool:  # nbclient's own bare line; the runner's error says it, with the cause
-    return "Kernel died while waiting for execute reply" not in record.getMessage()
-
-def recording_kernel_manager(cls):
-    "A subclass of kernel manager class `cls` that keeps its kernel's process in `.process` (to tell how it ended) and can `stop()` it from another thread."
-    import logging
-    if _not_kernel_died not in logging.getLogger("papermill").filters: logging.getLogger("papermill").addFilter(_not_kernel_died)
-    class Recording(cls):
-        process, stopped = None, False
-        async def _async_launch_kernel(self, kernel_cmd, **kw):
-            k = type(self)
-            if k.stopped: raise RuntimeError("interrupted before the stage kernel started")
-            await super()._async_launch_kernel(kernel_cmd, **kw)
-            k.process = getattr(self.provisioner, "process", None)
-            if k.stopped: k.stop()   # interrupted while it was starting
-        @classmethod
-        def reset(k): k.process, k.stopped = None, False
-        @classmethod
-        def stop(k):
-            "Kill the kernel (with its process group when it leads one) and refuse to start another."
-            k.stopped, p = True, k.process
-            if p is None or p.poll() is not None: return
-            with contextlib.suppress(OSError):
-                if hasattr(os, "killpg") and os.getpgid(p.pid) == p.pid: os.killpg(p.pid, 9)
-                else: p.kill()
-    return Recording
-
-def kernel_death(process) -> str|None:
-    "`its kernel died from SIGSEGV (what to check)` when a signal ended the kernel `process` (a `Popen`), else None."
-    import signal
-    code = process.poll() if process is not None else None
-    if code is None or code >= 0: return None
-    try: name = signal.Signals(-code).name
-    except ValueError: name = f"signal {-code}"
-    return f"its kernel died from {name} ({KERNEL_SIGNAL_HINTS.get(name, 'killed by a signal')})"
-
-def run_interruptibly(fn, kernel_manager):
-    "`fn()` (a stage's papermill run) in a worker thread while this one waits: Ctrl-C reaches this thread as `KeyboardInterrupt` in every phase, the stage kernel is killed and the worker waited for."
-    import threading
-    box = {}
-    def work():
-        try: box["value"] = fn()
-        except BaseException as e: box["error"] = e
-    t = threading.Thread(target=work, name="stage", daemon=True)
-    t.start()
-    try:
-        while t.is_alive(): t.join(0.25)
-    except KeyboardInterrupt:
-        kernel_manager.stop(); t.join(30)
-        raise
-    if "error" in box: raise box["error"]
-    return box.get("value")
-
-def resume_command(profile: str, run_dir, overrides: Sequence[str] = (), only: Sequence[str]|None = None, kernel: str = KERNEL) -> str:
-    "The command line that continues the run in `run_dir` with the same parameters."
-    import shlex
-    args = ["selfinstruct-nb", "run", profile, "--resume", _rel(run_dir), *(x for o in overrides for x in ("-p", o)),
-            *(x for o in only or () for x in ("--only", o)), *(["--kernel", kernel] if kernel != KERNEL else [])]
-    return shlex.join(args)
 
 # %% ../nbs/04_runner.ipynb #847c7e32
 def _fmt_value(v) -> str: return repr(v) if not isinstance(v, str) else json.dumps(v, ensure_ascii=False)
