@@ -16,7 +16,7 @@ LARGE = {"self-instruct/data/gpt3_generations/batch_221203/all_instances_82K.jso
 
 
 def test_paper_full_dry_run_lists_the_downloads():
-    r = subprocess.run([sys.executable, "-c", "import sys; from selfinstruct_nb.runner import main; sys.exit(main())", "run", "paper-full", "--dry-run"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-c", "import sys; from selfinstruct_nb.cli import main; sys.exit(main())", "run", "paper-full", "--dry-run"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [l for l in r.stdout.splitlines() if l.startswith("released file ")]
