@@ -232,8 +232,9 @@ def plot_sweep(df,                          # `results_table` output
                title: str|None = None):
     "Plot `metrics` of a sweep against `x`, one line per `hue` value; returns the figure."
     import matplotlib; import matplotlib.pyplot as plt
-    ok = df[df["status"] == "ok"]
+    ok = df[df["status"] == "ok"].copy()
     hues = [hue] if isinstance(hue, str) else list(hue or [])
+    for h in hues: ok[h] = ok[h].map(lambda v: _fmt(v) if isinstance(v, (list, dict)) else v)  # a list value can be a group key
     num = [m for m in metrics if m in ok and len(ok) and ok[m].map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v).all()]
     fig, axes = plt.subplots(1, max(1, len(num)), figsize=(4.2 * max(1, len(num)), 3.4), squeeze=False)
     groups = ok.groupby(hues, sort=False) if hues else [((), ok)]
