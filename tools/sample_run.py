@@ -40,6 +40,8 @@ class RunError(Exception): "A run folder the excerpt cannot be made from (one li
 
 # every file of the excerpt: what it holds and its fields (data/samples/README.md is written from this)
 SCHEMA: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "summary.md": ("the run's numbers as Markdown, computed from the other files; the README's demo section includes it "
+                   "(`tools/readme.py` replaces `<!-- include: data/samples/demo/summary.md -->`)", []),
     "run.json": ("the run the excerpt was made from (one JSON object)", [
         ("run, run_dir", "the run folder's name and its project-relative path (`outputs/demo-<time>`)"),
         ("profile, status, command, resumed, created_at, updated_at", "from the run's `manifest.json`"),
@@ -351,6 +353,70 @@ def make_excerpt(run: Path, out: Path, cmd: str, note: str|None = None) -> dict[
         counts[f"{k}.jsonl"] = len(recs)
     return counts
 
+def _md_table(rows: list[dict], cols: list[tuple[str, str, str]]) -> list[str]:
+    "A Markdown table of `rows`: columns (header, key, format)."
+    out = ["| " + " | ".join(h for h, _, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(("" if r.get(k) is None else format(r[k], f) if f else str(r[k])) for _, k, f in cols) + " |")
+    return out
+
+def summary(out: Path) -> str:
+    "summary.md: the run's numbers for the README's demo section, computed from the excerpt's files in `out`."
+    info = json.loads((out/"run.json").read_text(encoding="utf-8"))
+    st, m = info["stages"], {k: v.get("metrics") or {} for k, v in info["stages"].items()}
+    secs = {k: v["seconds"] for k, v in st.items() if v.get("seconds") is not None}
+    lines = [f"The committed run is `{info['run_dir']}` (excerpt: [data/samples/demo/](data/samples/README.md); executed stage "
+             f"notebooks: [examples/demo/](examples/demo)). Stage time: "
+             + " · ".join(f"`{k}` {v:.0f} s" for k, v in secs.items()) + f", {sum(secs.values()) / 60:.1f} min in all"
+             + (f"; {info['note']}" if info.get("note") else "") + ".", ""]
+    reqs = read_jsonl(out/"bootstrap_requests.jsonl") if (out/"bootstrap_requests.jsonl").exists() else []
+    if b := m.get("10_bootstrap"):
+        with_machine = sum(any(c.get("source") == "machine" for c in r.get("in_context", [])) for r in reqs)
+        drops = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in b["dropped_by_reason"].items())
+        lines.append(f"- **Bootstrap** ({b.get('schedule', '?')} schedule): {b['requests']} requests ({with_machine} of them with machine "
+                     f"instructions among their 8 in-context tasks) gave {b['candidates']} candidate instructions; "
+                     f"**{b['kept']} kept** ({b['keep_rate']:.0%}); dropped: {drops}.")
+    if c := m.get("11_classify"):
+        from selfinstruct_nb.data import seed_tasks
+        seeds = seed_tasks(); n_clf = sum(bool(t.is_classification) for t in seeds)
+        lines.append(f"- **Classification**: the model called {c['classification']} of {c['instructions']} instructions classification "
+                     f"tasks ({c['classification'] / c['instructions']:.0%}; the seeds' own flags: {n_clf} of {len(seeds)}, "
+                     f"{n_clf / len(seeds):.0%}).")
+    if i := m.get("12_instances"):
+        f = m.get("13_filter", {})
+        lines.append(f"- **Instances**: {i['with_instances']} of {i['tasks']} tasks got parseable instances ({i['instances']} in all); "
+                     + (f"after the filters **{f['kept_tasks']} tasks with {f['kept_instances']} instances** remain "
+                        f"({f['kept_classification_tasks']} classification)." if f else ""))
+    if (out/"analysis_stats.jsonl").exists():
+        stats = read_jsonl(out/"analysis_stats.jsonl")
+        for r in stats: r["statistic"] = r["statistic"].replace("  - ", "- ")
+        lines += ["", "The generated set after the filters beside the seeds (the paper's Table 1 statistics):", ""]
+        lines += _md_table(stats, [("statistic", "statistic", ""), ("generated", "generated", ""), ("seed", "seed", "")])
+    logs = read_jsonl(out/"experiment_train_log.jsonl") if (out/"experiment_train_log.jsonl").exists() else []
+    if logs:
+        lines += ["", "The two fine-tunes (loss per token; held-out: a seeded tenth of each set's tasks, never trained on):", ""]
+        lines += _md_table(logs, [("fine-tune", "fine_tune", ""), ("train records", "train_records", ""), ("epochs", "epochs", ".2f"),
+                                  ("steps", "steps", ""), ("tokens", "trained_tokens", ""), ("lr", "lr", ".0e"),
+                                  ("loss start", "loss_start", ".3f"), ("loss end", "loss_end", ".3f"),
+                                  ("held-out, base", "heldout_loss_base", ".3f"), ("held-out, tuned", "heldout_loss", ".3f")])
+    models = read_jsonl(out/"experiment_models.jsonl") if (out/"experiment_models.jsonl").exists() else []
+    if models:
+        lines += ["", "The three models on the 252 user-oriented instructions (log-likelihood per gold token on every item; "
+                  "ROUGE-L of a greedy answer on a seeded sample):", ""]
+        lines += _md_table(models, [("model", "model", ""), ("log-lik./token", "loglik_per_token", ".3f"), ("items", "loglik_items", ""),
+                                    ("ROUGE-L", "rougeL", ".3f"), ("items", "rouge_items", ""), ("answer words", "answer_words", ".1f"),
+                                    ("answers cut at their limit", "cut_at_limit", ""), ("gold longer than the cap", "gold_over_cap", "")])
+    pairs = read_jsonl(out/"experiment_pairs.jsonl") if (out/"experiment_pairs.jsonl").exists() else []
+    if pairs:
+        for p_ in pairs: p_["pair"], p_["interval"] = f"{p_['a']} - {p_['b']}", f"[{p_['lo']:.3f}, {p_['hi']:.3f}]"
+        lines += ["", "Paired differences over items, with 95% bootstrap intervals:", ""]
+        lines += _md_table(pairs, [("pair", "pair", ""), ("measure", "measure", ""), ("items", "items", ""), ("difference", "diff", ".3f"),
+                                   ("95% interval", "interval", ""), ("0 outside", "excludes_zero", "")])
+        outside = [f"{p_['pair']} on {p_['measure']} ({p_['diff']:+.3f})" for p_ in pairs if p_["excludes_zero"]]
+        lines += ["", "Outside their interval: " + ("; ".join(outside) if outside else "none of the differences") + "; the others "
+                  "cannot be told from noise with these items."]
+    return "\n".join(lines) + "\n"
+
 def readme(info: dict, sizes: dict[str, int], examples: list[str]) -> str:
     "data/samples/README.md: where the excerpt comes from, how it was made, how to load it, and every file's fields."
     st = info["stages"]
@@ -407,6 +473,7 @@ def main(argv=None) -> int:
         cmd = f"python tools/sample_run.py {rel_run}"
         out = Path(a.out)/profile
         counts = make_excerpt(run, out, cmd, a.note)
+        (out/"summary.md").write_text(summary(out), encoding="utf-8")
     except RunError as e:
         print(f"sample_run: {e}", file=sys.stderr); return 2
     sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir(), key=lambda p: (ORDER.index(p.name) if p.name in ORDER else 99, p.name))
