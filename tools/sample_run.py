@@ -280,7 +280,7 @@ def experiment_parts(run: Path, skipped: list) -> dict[str, list]:
 _PAPERMILL_KEYS = ("papermill", "execution")
 
 def clean_notebook(nb: dict, root: str) -> dict:
-    "An executed stage notebook without papermill's timings, progress bars, execution counts or the checkout's absolute path."
+    "An executed stage notebook without papermill's timings, progress bars, execution counts, the checkout's absolute path, or a repeated figure."
     sys.path.insert(0, str(ROOT/"tools"))
     from run_nbs import is_progress_output
     nb = json.loads(json.dumps(nb))
@@ -296,9 +296,13 @@ def clean_notebook(nb: dict, root: str) -> dict:
         for k in _PAPERMILL_KEYS: c.get("metadata", {}).pop(k, None)
         if c["cell_type"] != "code": continue
         c["execution_count"] = None
-        outs = []
+        outs, images = [], set()
         for o in c.get("outputs", []):
             if is_progress_output(o): continue
+            img = (o.get("data") or {}).get("image/png")
+            if img is not None:   # a figure shown twice in one cell (44_experiment before its plt.close) is shown once
+                if (key := "".join(img) if isinstance(img, list) else img) in images: continue
+                images.add(key)
             if "execution_count" in o: o["execution_count"] = None
             outs.append(rel(o))
         c["outputs"] = outs
@@ -413,8 +417,13 @@ def summary(out: Path) -> str:
         lines += _md_table(pairs, [("pair", "pair", ""), ("measure", "measure", ""), ("items", "items", ""), ("difference", "diff", ".3f"),
                                    ("95% interval", "interval", ""), ("0 outside", "excludes_zero", "")])
         outside = [f"{p_['pair']} on {p_['measure']} ({p_['diff']:+.3f})" for p_ in pairs if p_["excludes_zero"]]
-        lines += ["", "Outside their interval: " + ("; ".join(outside) if outside else "none of the differences") + "; the others "
-                  "cannot be told from noise with these items."]
+        lines += ["", "Differences whose 95% interval excludes 0: " + ("; ".join(outside) if outside else "none") + "; the "
+                  "others cannot be told from noise with these items."]
+    if logs and models:
+        words = {r["model"]: r["answer_words"] for r in models}
+        lines += ["", "Held-out loss, base → tuned: " + "; ".join(f"{r['fine_tune']} {r['heldout_loss_base']:.3f} → {r['heldout_loss']:.3f}"
+                                                           for r in logs)
+                  + ". Mean answer length in words: " + ", ".join(f"{m} {w:.1f}" for m, w in words.items()) + "."]
     return "\n".join(lines) + "\n"
 
 def readme(info: dict, sizes: dict[str, int], examples: list[str]) -> str:
