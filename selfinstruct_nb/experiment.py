@@ -375,6 +375,7 @@ def train_table(train_log: list[dict]) -> pd.DataFrame:
             "lr": "lr", "loss_start": "train loss, start", "loss_end": "train loss, end",
             "heldout_loss_base": "held-out loss, base", "heldout_loss": "held-out loss, tuned", "seconds": "seconds"}
     df = pd.DataFrame(train_log).set_index("fine_tune")
+    if "lr" in df: df["lr"] = df["lr"].map(lambda v: f"{v:.0e}")  # 3e-05, not rounded away to 0.0
     return df[[c for c in cols if c in df.columns]].rename(columns=cols)
 
 def describe_pairs(cmp: dict) -> list[str]:
