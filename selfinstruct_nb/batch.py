@@ -102,10 +102,11 @@ class BatchClient:
     @property
     def last_stats(self) -> dict: return self.client.last_stats
 
-    def _api(self, what: str, fn, *a, **kw):
-        "One files/batches call, retried on 429, 5xx and connection errors; raises `BackendError` when it gives up."
+    def _api(self, what: str, fn, *a, before_retry=None, **kw):
+        "One files/batches call, retried on 429, 5xx and connection errors (a non-None `before_retry()` is the result)."
         import openai
         for attempt in range(self.client.max_retries + 1):
+            if attempt and before_retry is not None and (found := before_retry()) is not None: return found
             try: return fn(*a, **kw)
             except openai.APIStatusError as e:
                 err = BackendError(f"http_{e.status_code}", self.backend.scrub(f"{what}: {e.message}"),
@@ -134,18 +135,10 @@ def _find_batch(self: BatchClient, file_id: str) -> str|None:
 @patch
 def _create(self: BatchClient, file_id: str, endpoint: str, desc: str) -> str:
     "Create the batch of `file_id`, idempotently: before each retry, adopt the batch an unanswered try may have made."
-    import openai
     oc = self.backend.client
-    for attempt in range(self.client.max_retries + 1):
-        if attempt and (bid := self._find_batch(file_id)) is not None: return bid   # created; only the answer was lost
-        try: return oc.batches.create(input_file_id=file_id, endpoint=endpoint, completion_window="24h",
-                                      metadata={"selfinstruct_nb": desc[:500]}).id
-        except openai.APIStatusError as e:
-            err = BackendError(f"http_{e.status_code}", self.backend.scrub(f"batches.create: {e.message}"),
-                               e.status_code in (408, 409, 429) or e.status_code >= 500)
-        except openai.APIConnectionError as e: err = BackendError("connection", self.backend.scrub(f"batches.create: {e}"), True)
-        if not err.retryable or attempt == self.client.max_retries: raise err
-        time.sleep(backoff_delay(attempt, self.client.backoff_base, self.client.backoff_max))
+    return self._api("batches.create", lambda: oc.batches.create(input_file_id=file_id, endpoint=endpoint, completion_window="24h",
+                                                               metadata={"selfinstruct_nb": desc[:500]}).id,
+                     before_retry=lambda: self._find_batch(file_id))   # created already: only the answer was lost
 
 @patch
 def _submit(self: BatchClient, keys: list[str], leaders: dict[str, LLMRequest], log: JsonlAppender, desc: str,

@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer
 from responders import SelfInstructResponder
+from test_errors import one_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent/"selfinstruct-nb"
@@ -37,12 +38,6 @@ def teacher(url, key_env='""'):
             "-p", f"teacher_api_key_env={key_env}", "-p", 'cache=""']
 
 
-def one_error_line(r, *contains) -> str:
-    assert r.returncode != 0, r.stdout[-2000:] + r.stderr[-2000:]
-    lines = [l for l in r.stderr.splitlines() if l.startswith("selfinstruct-nb:")]
-    assert len(lines) == 1, r.stderr[-3000:]
-    for c in contains: assert c in lines[0], (c, lines[0])
-    return lines[0]
 
 
 def test_a_refused_key_stops_the_stage_in_one_line_naming_the_variable(root):
