@@ -372,6 +372,7 @@ def train_table(train_log: list[dict]) -> pd.DataFrame:
     "One row per fine-tune: tasks and records (trained / held out), epochs, steps, tokens, losses."
     cols = {"train_tasks": "tasks", "heldout_tasks": "held-out tasks", "train_records": "records",
             "heldout_records": "held-out records", "epochs": "epochs", "steps": "steps", "trained_tokens": "answer tokens / epoch",
+            "rows_without_answer": "rows cut before the answer (dropped)",
             "lr": "lr", "loss_start": "train loss, start", "loss_end": "train loss, end",
             "heldout_loss_base": "held-out loss, base", "heldout_loss": "held-out loss, tuned", "seconds": "seconds"}
     df = pd.DataFrame(train_log).set_index("fine_tune")

@@ -27,9 +27,9 @@ from .tinymodel import ModelLoadError, pick_device, resolve_model
 __all__ = ['ALPACA_PREAMBLE_INPUT', 'ALPACA_PREAMBLE_NO_INPUT', 'ROLES', 'TEMPLATES', 'NOT_IN_KEY', 'ORCA_STAGES',
            'INSTRUCTION_SETS', 'alpaca_prompt', 'sft_record', 'read_sft_records', 'to_prompt_completion', 'to_messages',
            'sft_dataset', 'sft_config', 'lora_config', 'load_student', 'make_sft_trainer', 'packing_stats',
-           'packed_leak', 'train_sft', 'loss_history', 'save_student', 'Stage', 'train_stages', 'WeightProbe',
-           'plot_loss_curves', 'run_sft', 'main', 'trained_student', 'instruction_set', 'generation_requests',
-           'answer_files', 'model_fingerprint']
+           'drop_rows_without_answer', 'packed_leak', 'train_sft', 'loss_history', 'save_student', 'Stage',
+           'train_stages', 'WeightProbe', 'plot_loss_curves', 'run_sft', 'main', 'trained_student', 'instruction_set',
+           'generation_requests', 'answer_files', 'model_fingerprint']
 
 # %% ../nbs/30_sft.ipynb #c81f8796
 ALPACA_PREAMBLE_INPUT = ALPACA_PROMPT_WITH_INPUT.split("\n\n### Instruction:")[0]
@@ -211,6 +211,15 @@ def packing_stats(ds: Dataset, # a prepared (tokenized) dataset: `trainer.train_
     return {"samples": n_samples, "sequences": len(lengths), "samples_per_sequence": n_samples / max(len(lengths), 1),
             "tokens": tokens, "trained_tokens": trained, "fill": tokens / max(len(lengths) * max_length, 1)}
 
+# %% ../nbs/30_sft.ipynb #dd09d575
+def drop_rows_without_answer(trainer: SFTTrainer) -> int:
+    "Drop the rows of `trainer.train_dataset` with no trained token (an answer cut off by `max_length`); how many."
+    ds = trainer.train_dataset
+    keep = [i for i, l in enumerate(ds["labels"]) if any(t != -100 for t in l)]
+    if not keep: raise ValueError(f"no training row holds an answer token: max_length={trainer.args.max_length} cuts off every answer")
+    if len(keep) < len(ds): trainer.train_dataset = ds.select(keep)
+    return len(ds) - len(keep)
+
 # %% ../nbs/30_sft.ipynb #07d3603c
 def packed_leak(model, trainer: SFTTrainer, n_rows: int = 2, use_cache: bool = False) -> float:
     "Largest logit difference between examples in a packed, collated batch and the same examples run alone."
@@ -319,7 +328,8 @@ def train_stages(model: str, # the base model: "tiny", a folder or a hub id
         m, tok = load_student(str(init), device=device, lora=lora is not None, attn_implementation=attn_implementation)
         t0 = time.time()
         trainer = make_sft_trainer(m, tok, train_ds, args, peft_config=copy.deepcopy(lora), eval_ds=eval_ds, callbacks=callbacks)
-        stats = packing_stats(trainer.train_dataset, args.max_length) if args.packing else {}
+        no_answer = drop_rows_without_answer(trainer)
+        stats = {**(packing_stats(trainer.train_dataset, args.max_length) if args.packing else {}), "rows_without_answer": no_answer}
         metrics = train_sft(trainer)
         if eval_size: metrics.update(trainer.evaluate())
         save_student(trainer, sdir/"model")

@@ -400,7 +400,8 @@ def summary(out: Path) -> str:
     if logs:
         lines += ["", "The two fine-tunes (loss per token; held-out: a seeded tenth of each set's tasks, never trained on):", ""]
         lines += _md_table(logs, [("fine-tune", "fine_tune", ""), ("train records", "train_records", ""), ("epochs", "epochs", ".2f"),
-                                  ("steps", "steps", ""), ("tokens", "trained_tokens", ""), ("lr", "lr", ".0e"),
+                                  ("steps", "steps", ""), ("tokens", "trained_tokens", ""),
+                                  ("rows cut before the answer", "rows_without_answer", ""), ("lr", "lr", ".0e"),
                                   ("loss start", "loss_start", ".3f"), ("loss end", "loss_end", ".3f"),
                                   ("held-out, base", "heldout_loss_base", ".3f"), ("held-out, tuned", "heldout_loss", ".3f")])
     models = read_jsonl(out/"experiment_models.jsonl") if (out/"experiment_models.jsonl").exists() else []
