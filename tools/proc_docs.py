@@ -6,7 +6,8 @@ import shutil, sys
 
 import nbdev.quarto as quarto
 
-if shutil.which("quarto") is None:
-    quarto._ensure_quarto = lambda: print("tools/proc_docs.py: Quarto is not installed, so only the notebook processing runs; "
-                                          "install Quarto from quarto.org, then `nbdev-docs` builds the site", file=sys.stderr)
-quarto._pre_docs()
+if __name__ == "__main__":  # nbdev processes the notebooks in worker processes, which import this file again
+    if shutil.which("quarto") is None:
+        quarto._ensure_quarto = lambda: print("tools/proc_docs.py: Quarto is not installed, so only the notebook processing runs; "
+                                              "install Quarto from quarto.org, then `nbdev-docs` builds the site", file=sys.stderr)
+    quarto._pre_docs()

@@ -313,13 +313,17 @@ def copy_notebooks(run: Path, man: dict, dest: Path) -> list[str]:
     src = run/"notebooks"
     here, rel = str(run.resolve()), (man.get("run_dir") or "").strip("/")
     root = here[:-len(rel) - 1] if rel and here.endswith("/" + rel) else str(run.resolve().parents[1])  # the run's checkout
+    roots = {root}  # and where it ran, if the run folder was moved since: any absolute path that ends in the run's own
+    for p in src.glob("*.ipynb"):
+        roots |= set(re.findall(r"((?:/[\w.\-]+)+)/" + re.escape(rel), p.read_text(encoding="utf-8"))) if rel else set()
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("*.ipynb"): old.unlink()
     names = []
     for name, s in sorted(man.get("stages", {}).items()):
         p = src/f"{name}.ipynb"
         if s.get("status") != "ok" or not p.is_file(): continue
-        nb = clean_notebook(json.loads(p.read_text(encoding="utf-8")), root)
+        nb = json.loads(p.read_text(encoding="utf-8"))
+        for r in sorted(roots, key=len, reverse=True): nb = clean_notebook(nb, r)
         (dest/p.name).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         names.append(p.name)
     return names
@@ -422,9 +426,13 @@ def summary(out: Path) -> str:
                   "others cannot be told from noise with these items."]
     if logs and models:
         words = {r["model"]: r["answer_words"] for r in models}
+        fell = lambda r: ("fell below the base model's: what it learned carries over to tasks it did not see"
+                          if r["heldout_loss"] < r["heldout_loss_base"] else
+                          "did not fall below the base model's: what it learned does not carry over to tasks it did not see")
         lines += ["", "Held-out loss, base → tuned: " + "; ".join(f"{r['fine_tune']} {r['heldout_loss_base']:.3f} → {r['heldout_loss']:.3f}"
                                                            for r in logs)
-                  + ". Mean answer length in words: " + ", ".join(f"{m} {w:.1f}" for m, w in words.items()) + "."]
+                  + ". " + " ".join(f"The {r['fine_tune']} fine-tune's held-out loss {fell(r)}." for r in logs)
+                  + " Mean answer length in words: " + ", ".join(f"{m} {w:.1f}" for m, w in words.items()) + "."]
     return "\n".join(lines) + "\n"
 
 def readme(info: dict, sizes: dict[str, int], examples: list[str]) -> str:
