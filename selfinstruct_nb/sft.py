@@ -7,7 +7,7 @@ Docs: https://selfinstruct-nb.github.io/selfinstruct_nb/sft.html.md"""
 
 # %% ../nbs/30_sft.ipynb #b2595b86
 from __future__ import annotations
-import copy, json, os, shutil, time
+import contextlib, copy, json, os, shutil, time, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -183,6 +183,13 @@ def load_student(name_or_path: str, # "tiny", a local folder or a hub id
     return model, tok
 
 # %% ../nbs/30_sft.ipynb #a0328650
+@contextlib.contextmanager
+def _peft_init_quiet():
+    "peft 0.21's `PeftModel.__init__` reads transformers 5's deprecated `is_gradient_checkpointing`: silence that warning only."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
 def make_sft_trainer(model, tokenizer, train_ds: Dataset, args: SFTConfig,
                      peft_config: LoraConfig|None = None, # None: full fine-tuning
                      eval_ds: Dataset|None = None, # held-out examples for an eval loss
@@ -193,8 +200,9 @@ def make_sft_trainer(model, tokenizer, train_ds: Dataset, args: SFTConfig,
     if conversational and not tokenizer.chat_template:
         raise ValueError("the tokenizer has no chat template: use template='alpaca' for a base model")
     model.config.use_cache = False
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    with _peft_init_quiet():
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # with tqdm off it prints every log dict, run times too: `state.log_history` keeps them
     return trainer
 
@@ -258,7 +266,8 @@ def save_student(trainer: SFTTrainer, out_dir: str|os.PathLike, merge: bool = Tr
     if lora and merge and acc.is_main_process:
         dtype = next(base.parameters()).dtype
         src = model.peft_config["default"].base_model_name_or_path
-        merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32), out_dir/"adapter")
+        with _peft_init_quiet():
+            merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32), out_dir/"adapter")
         merged = merged.merge_and_unload().to(dtype)
         merged.config.use_cache = True
         merged.save_pretrained(out_dir)
