@@ -25,7 +25,7 @@ __all__ = ['ALPACA_FIELDS', 'LIMIT_TIERS', 'STOP', 'PAIRS', 'MEASURES', 'RESULT_
            'train_fine_tunes', 'loss_ends', 'plot_fine_tune_losses', 'gold_loglik', 'cpu_bf16', 'mean_nll',
            'answer_limits', 'answer_items', 'paired_bootstrap', 'compare_models', 'models_table', 'pairs_table',
            'bucket_view', 'plot_comparison', 'write_results', 'read_results', 'markdown_table', 'train_table',
-           'describe_pairs']
+           'heldout_verdicts', 'describe_pairs']
 
 # %% ../nbs/44_experiment.ipynb #dfc6110f
 ALPACA_FIELDS = ("id", "instruction", "input", "output")
@@ -378,6 +378,17 @@ def train_table(train_log: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(train_log).set_index("fine_tune")
     if "lr" in df: df["lr"] = df["lr"].map(lambda v: f"{v:.0e}")  # 3e-05, not rounded away to 0.0
     return df[[c for c in cols if c in df.columns]].rename(columns=cols)
+
+def heldout_verdicts(train_log: list[dict]) -> list[str]:
+    "One sentence per fine-tune: whether its held-out loss ended below the base model's, on how many records."
+    out = []
+    for r in train_log:
+        below = r["heldout_loss"] < r["heldout_loss_base"]
+        out.append(f"{r['fine_tune']}: held-out loss {r['heldout_loss_base']:.3f} (base) -> {r['heldout_loss']:.3f} (tuned) on "
+                   f"{r['heldout_records']} records of {r['heldout_tasks']} unseen tasks: "
+                   + ("below the base model's, so what it learned carries over to tasks it did not see." if below else
+                      "not below the base model's: no sign that what it learned carries over to tasks it did not see."))
+    return out
 
 def describe_pairs(cmp: dict) -> list[str]:
     "One sentence per paired difference: its sign, its interval, and whether 0 lies outside it."

@@ -426,12 +426,8 @@ def summary(out: Path) -> str:
                   "others cannot be told from noise with these items."]
     if logs and models:
         words = {r["model"]: r["answer_words"] for r in models}
-        fell = lambda r: ("fell below the base model's: what it learned carries over to tasks it did not see"
-                          if r["heldout_loss"] < r["heldout_loss_base"] else
-                          "did not fall below the base model's: what it learned does not carry over to tasks it did not see")
-        lines += ["", "Held-out loss, base → tuned: " + "; ".join(f"{r['fine_tune']} {r['heldout_loss_base']:.3f} → {r['heldout_loss']:.3f}"
-                                                           for r in logs)
-                  + ". " + " ".join(f"The {r['fine_tune']} fine-tune's held-out loss {fell(r)}." for r in logs)
+        from selfinstruct_nb.experiment import heldout_verdicts
+        lines += ["", "Held-out loss per fine-tune: " + " ".join(heldout_verdicts(logs))
                   + " Mean answer length in words: " + ", ".join(f"{m} {w:.1f}" for m, w in words.items()) + "."]
     return "\n".join(lines) + "\n"
 
